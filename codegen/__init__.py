@@ -1,0 +1,1 @@
+"""ubique.codegen: loop IR -> target code (LLVM IR through llvmlite)."""

@@ -1,0 +1,693 @@
+"""Loop IR -> LLVM IR (through llvmlite.ir), for CPU targets.
+
+Every kernel becomes `i32 @name(i8** args, i64* dims, %ubq_ctx* ctx)`: the kernel
+ABI documented in runtime/native/ubique_runtime.h.
+
+Vectorized loops are vectorized here, not by LLVM: the body is emitted once with
+the loop variable as a vector of `lanes` consecutive values (loads and stores
+whose address moves by one element per lane become vector loads and stores;
+others become per-lane accesses), and once more as a scalar loop for the tail.
+Parallel loops are outlined into `void @task(i64 begin, i64 end, i8* closure)`
+and handed to `ctx->parallel_for`.
+
+float16 and bfloat16 values are widened to float32 when loaded and rounded when
+stored or explicitly cast, so fused chains keep float32 intermediates.
+"""
+from __future__ import annotations
+
+import math
+import struct
+
+import llvmlite.ir as ir
+import numpy as np
+
+from ubique.errors import UnsupportedOpError
+from ubique.ir import loop as L
+from ubique.ir.dtypes import DType
+
+I1, I8, I16, I32, I64 = (ir.IntType(n) for n in (1, 8, 16, 32, 64))
+F32, F64, F16 = ir.FloatType(), ir.DoubleType(), ir.HalfType()
+VOIDP = I8.as_pointer()
+TASK_FN = ir.FunctionType(ir.VoidType(), [I64, I64, VOIDP])
+# Mirrors struct ubq_ctx in ubique_runtime.h.
+CTX = ir.global_context.get_identified_type("struct.ubq_ctx")
+PARALLEL_FOR = ir.FunctionType(I32, [CTX.as_pointer(), TASK_FN.as_pointer(), VOIDP, I64])
+CTX.set_body(I32, I32, VOIDP, PARALLEL_FOR.as_pointer(), VOIDP, I64)
+ENTRY_FN = ir.FunctionType(I32, [VOIDP.as_pointer(), I64.as_pointer(), CTX.as_pointer()])
+
+_STORAGE = {DType.float32: F32, DType.float64: F64, DType.float16: F16, DType.bfloat16: I16,
+            DType.int8: I8, DType.uint8: I8, DType.int32: I32, DType.int64: I64, DType.bool: I8}
+# libm functions used where LLVM has no intrinsic; called once per lane
+_LIBM = {"tanh": ("tanhf", "tanh"), "erf": ("erff", "erf")}
+_INTRINSIC = {"exp": "llvm.exp", "log": "llvm.log", "sqrt": "llvm.sqrt", "sin": "llvm.sin",
+              "cos": "llvm.cos", "floor": "llvm.floor", "ceil": "llvm.ceil", "abs": "llvm.fabs"}
+
+
+def storage_type(dt: DType) -> ir.Type:
+    return _STORAGE[dt]
+
+
+def value_type(dt: DType) -> ir.Type:
+    """The LLVM type a value of `dt` has in registers."""
+    if dt in (DType.float16, DType.bfloat16):
+        return F32
+    if dt is DType.bool:
+        return I1
+    return _STORAGE[dt]
+
+
+def _vec(t: ir.Type, lanes):
+    return ir.VectorType(t, lanes) if lanes else t
+
+
+def _round_scalar(value: float, dt: DType) -> float:
+    if dt is DType.float16:
+        return float(np.float16(value))
+    if dt is DType.bfloat16:
+        bits = struct.unpack("<I", struct.pack("<f", np.float32(value)))[0]
+        if math.isnan(value):
+            return float("nan")
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return struct.unpack("<f", struct.pack("<I", bits))[0]
+    if dt is DType.float32:
+        return float(np.float32(value))
+    return value
+
+
+def lane_coefficient(e: L.Expr, var: str, varying: set[str]):
+    """How much `e` grows per step of `var` if affine in it with an int constant factor; else None."""
+    if isinstance(e, L.Const):
+        return 0
+    if isinstance(e, L.Var):
+        if e.name == var:
+            return 1
+        return None if e.name in varying else 0
+    if isinstance(e, L.Binary):
+        a, b = lane_coefficient(e.a, var, varying), lane_coefficient(e.b, var, varying)
+        if a is None or b is None:
+            return None
+        if e.op == "add":
+            return a + b
+        if e.op == "sub":
+            return a - b
+        if e.op == "mul":
+            if a == 0 and b == 0:
+                return 0
+            if a == 0 and isinstance(e.a, L.Const):
+                return a + e.a.value * b
+            if b == 0 and isinstance(e.b, L.Const):
+                return e.b.value * a
+            return None
+        return 0 if a == 0 and b == 0 else None
+    if isinstance(e, (L.Compare, L.Select, L.Cast, L.Call, L.Load)):
+        return 0 if all(lane_coefficient(c, var, varying) == 0 for c in L.children(e)) else None
+    return None
+
+
+def linear_index(buf: L.Buffer, indices) -> L.Expr:
+    flat = L.Const(0, L.I64)
+    for i, d in zip(indices, buf.shape):
+        flat = flat * d + i
+    return flat
+
+
+class _Local:
+    __slots__ = ("ptr", "lanes")
+
+    def __init__(self, ptr, lanes):
+        self.ptr, self.lanes = ptr, lanes
+
+
+class FunctionEmitter:
+    """Emits the statements of one LLVM function (a kernel or an outlined parallel task)."""
+
+    def __init__(self, module: "ModuleEmitter", func: ir.Function, kernel: L.Kernel, prologue):
+        """`prologue(builder)` emits the loads of (args, dims, ctx, {captured name: value})."""
+        self.m = module
+        self.func = func
+        self.kernel = kernel
+        self.alloca_block = func.append_basic_block("allocas")
+        self.b = ir.IRBuilder(func.append_basic_block("body"))
+        self.args_ptr, self.dims_ptr, self.ctx_ptr, captured = prologue(self.b)
+        self.env: dict[str, object] = dict(captured)
+        self.lanes = 0            # >0 while emitting the vector body of a vectorized loop
+        self.vec_var = None       # name of that loop's variable
+        self.vec_base = None      # its scalar value at lane 0
+        self.contract = False     # allow FMA contraction (reduction updates only)
+        self.buffers = {}
+        for k, buf in enumerate(kernel.params):
+            raw = self.b.load(self.b.gep(self.args_ptr, [ir.Constant(I64, k)]), name=f"{buf.name}.raw")
+            self.buffers[buf.name] = self.b.bitcast(raw, storage_type(buf.dtype).as_pointer(), name=buf.name)
+        for k, v in enumerate(kernel.dims):
+            self.env[v.name] = self.b.load(self.b.gep(self.dims_ptr, [ir.Constant(I64, k)]), name=v.name)
+
+    def finish(self):
+        ir.IRBuilder(self.alloca_block).branch(self.func.blocks[1])
+
+    # -- helpers ---------------------------------------------------------------------------
+    def alloca(self, typ, name):
+        with self.b.goto_block(self.alloca_block):
+            return self.b.alloca(typ, name=name)
+
+    def splat(self, v, lanes):
+        if isinstance(v.type, ir.VectorType) or not lanes:
+            return v
+        undef = ir.Constant(ir.VectorType(v.type, lanes), ir.Undefined)
+        one = self.b.insert_element(undef, v, ir.Constant(I32, 0))
+        return self.b.shuffle_vector(one, undef, ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
+
+    def unify(self, *vals):
+        lanes = max((v.type.count for v in vals if isinstance(v.type, ir.VectorType)), default=0)
+        return [self.splat(v, lanes) for v in vals], lanes
+
+    def intrinsic(self, name, args, ret=None):
+        t = args[0].type
+        suffix = f"v{t.count}{_scalar_name(t.element)}" if isinstance(t, ir.VectorType) else _scalar_name(t)
+        fn = self.m.declare(f"{name}.{suffix}", ir.FunctionType(ret or t, [a.type for a in args]))
+        return self.b.call(fn, args)
+
+    def per_lane(self, fn, vals, lanes, out_type):
+        """Applies a scalar-emitting `fn` to each lane of vector operands."""
+        if not lanes:
+            return fn(*vals)
+        acc = ir.Constant(ir.VectorType(out_type, lanes), ir.Undefined)
+        for k in range(lanes):
+            idx = ir.Constant(I32, k)
+            lane = [self.b.extract_element(v, idx) for v in vals]
+            acc = self.b.insert_element(acc, fn(*lane), idx)
+        return acc
+
+    # -- expressions -----------------------------------------------------------------------
+    def expr(self, e: L.Expr):
+        m = getattr(self, "e_" + type(e).__name__)
+        return m(e)
+
+    def e_Const(self, e: L.Const):
+        t = value_type(e.dtype)
+        if e.dtype.is_float:
+            return ir.Constant(t, _round_scalar(e.value, e.dtype))
+        if e.dtype.is_bool:
+            return ir.Constant(I1, int(e.value))
+        return ir.Constant(t, e.value & ((1 << e.dtype.bits) - 1))
+
+    def e_Var(self, e: L.Var):
+        try:
+            v = self.env[e.name]
+        except KeyError:
+            raise UnsupportedOpError(f"codegen: variable {e.name} is not defined in kernel {self.kernel.name}")
+        if isinstance(v, _Local):
+            return self.b.load(v.ptr)
+        return v
+
+    def e_Binary(self, e: L.Binary):
+        (a, b), lanes = self.unify(self.expr(e.a), self.expr(e.b))
+        dt, op = e.a.dtype, e.op
+        if dt.is_float:
+            if op in ("add", "sub", "mul", "div"):
+                r = getattr(self.b, {"add": "fadd", "sub": "fsub", "mul": "fmul", "div": "fdiv"}[op])(a, b)
+                if self.contract and op in ("add", "mul"):
+                    r.flags.append("contract")
+                return r
+            if op == "pow":
+                return self.intrinsic("llvm.pow", [a, b])
+            if op in ("max", "min"):  # numpy semantics: NaN in either operand propagates
+                pick_a = self.b.fcmp_unordered("ugt" if op == "max" else "ult", a, b)
+                a_nan = self.b.fcmp_unordered("uno", a, a)
+                return self.b.select(self.b.or_(pick_a, a_nan), a, b)
+            raise UnsupportedOpError(f"codegen: float op {op}")
+        if dt.is_bool and op in ("and", "or", "xor"):
+            return getattr(self.b, op + "_" if op != "xor" else "xor")(a, b)
+        signed = dt.is_signed
+        if op in ("add", "sub", "mul"):
+            return getattr(self.b, op)(a, b)
+        if op in ("and", "or", "xor"):
+            return getattr(self.b, op + "_" if op != "xor" else "xor")(a, b)
+        if op in ("max", "min"):
+            pred = (">" if op == "max" else "<")
+            c = self.b.icmp_signed(pred, a, b) if signed else self.b.icmp_unsigned(pred, a, b)
+            return self.b.select(c, a, b)
+        if op in ("floordiv", "mod"):
+            return self._floor_divmod(a, b, op, signed, e)
+        if op == "pow":
+            return self._int_pow(a, b, dt)
+        raise UnsupportedOpError(f"codegen: integer op {op}")
+
+    def _floor_divmod(self, a, b, op, signed, e):
+        if not signed:
+            return self.b.udiv(a, b) if op == "floordiv" else self.b.urem(a, b)
+        q, r = self.b.sdiv(a, b), self.b.srem(a, b)
+        # Python semantics: round toward -inf. Skip the fix-up when the divisor is a
+        # positive constant and the dividend is known non-negative (index arithmetic).
+        if isinstance(e.b, L.Const) and e.b.value > 0 and _nonneg(e.a):
+            return q if op == "floordiv" else r
+        zero = ir.Constant(a.type, 0) if not isinstance(a.type, ir.VectorType) else \
+            ir.Constant(a.type, [0] * a.type.count)
+        fix = self.b.and_(self.b.icmp_signed("!=", r, zero),
+                          self.b.icmp_signed("!=", self.b.icmp_signed("<", r, zero), self.b.icmp_signed("<", b, zero)))
+        if op == "floordiv":
+            return self.b.sub(q, self.b.zext(fix, q.type))
+        return self.b.select(fix, self.b.add(r, b), r)
+
+    def _int_pow(self, a, b, dt):
+        """Exponentiation by squaring over every exponent bit (branch-free, so it vectorizes)."""
+        one = ir.Constant(a.type, 1) if not isinstance(a.type, ir.VectorType) else \
+            ir.Constant(a.type, [1] * a.type.count)
+        zero = ir.Constant(a.type, 0) if not isinstance(a.type, ir.VectorType) else \
+            ir.Constant(a.type, [0] * a.type.count)
+        result, base, exp = one, a, b
+        for _ in range(dt.bits - (1 if dt.is_signed else 0)):
+            bit = self.b.icmp_unsigned("!=", self.b.and_(exp, one), zero)
+            result = self.b.select(bit, self.b.mul(result, base), result)
+            base = self.b.mul(base, base)
+            exp = self.b.lshr(exp, one)
+        if dt.is_signed:  # numpy raises for negative exponents; we define the result as 0 (1 for base 1)
+            neg = self.b.icmp_signed("<", b, zero)
+            result = self.b.select(neg, self.b.select(self.b.icmp_signed("==", a, one), one, zero), result)
+        return result
+
+    def e_Compare(self, e: L.Compare):
+        (a, b), _ = self.unify(self.expr(e.a), self.expr(e.b))
+        dt = e.a.dtype
+        sym = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}[e.op]
+        if dt.is_float:
+            return self.b.fcmp_unordered(sym, a, b) if e.op == "ne" else self.b.fcmp_ordered(sym, a, b)
+        if dt.is_signed:
+            return self.b.icmp_signed(sym, a, b)
+        return self.b.icmp_unsigned(sym, a, b)
+
+    def e_Select(self, e: L.Select):
+        (c, a, b), _ = self.unify(self.expr(e.cond), self.expr(e.a), self.expr(e.b))
+        return self.b.select(c, a, b)
+
+    def e_Cast(self, e: L.Cast):
+        return self.convert(self.expr(e.a), e.a.dtype, e.dtype)
+
+    def convert(self, v, src: DType, dst: DType):
+        if src is dst:
+            return v
+        lanes = v.type.count if isinstance(v.type, ir.VectorType) else 0
+        T = _vec(value_type(dst), lanes)
+        b = self.b
+        if dst.is_bool:
+            if src.is_float:
+                return b.fcmp_unordered("!=", v, _zero(v.type))
+            return b.icmp_unsigned("!=", v, _zero(v.type))
+        if src.is_bool:
+            return b.uitofp(v, T) if dst.is_float else b.zext(v, T)
+        if dst.is_float:
+            if src.is_float:
+                out = v
+                if src is DType.float64 and dst is DType.float16:  # one rounding, not two
+                    return b.fpext(b.fptrunc(v, _vec(F16, lanes)), T)
+                if value_type(src) != value_type(dst):
+                    out = b.fpext(v, T) if value_type(dst) == F64 else b.fptrunc(v, T)
+            else:
+                out = b.sitofp(v, T) if src.is_signed else b.uitofp(v, T)
+            return self.round_to(out, dst)
+        if src.is_float:  # saturating: NaN -> 0, out of range -> the nearest bound
+            name = "llvm.fptosi.sat" if dst.is_signed else "llvm.fptoui.sat"
+            t = v.type
+            suffix_dst = f"v{lanes}i{dst.bits}" if lanes else f"i{dst.bits}"
+            suffix_src = f"v{lanes}{_scalar_name(t.element if lanes else t)}" if lanes else _scalar_name(t)
+            fn = self.m.declare(f"{name}.{suffix_dst}.{suffix_src}", ir.FunctionType(T, [t]))
+            return b.call(fn, [v])
+        if src.bits > dst.bits:
+            return b.trunc(v, T)
+        if src.bits < dst.bits:
+            return b.sext(v, T) if src.is_signed else b.zext(v, T)
+        return v
+
+    def round_to(self, v, dt: DType):
+        """Rounds a float32/64 register value to dt's precision (float16/bfloat16 live in float32)."""
+        lanes = v.type.count if isinstance(v.type, ir.VectorType) else 0
+        if dt is DType.float16:
+            h = self.b.fptrunc(v, _vec(F16, lanes))
+            return self.b.fpext(h, _vec(F32, lanes))
+        if dt is DType.bfloat16:
+            return self.bf16_to_f32(self.f32_to_bf16(v, lanes), lanes)
+        return v
+
+    def f32_to_bf16(self, v, lanes):
+        b = self.b
+        c = lambda x, t=I32: ir.Constant(_vec(t, lanes), [x] * lanes if lanes else x)  # noqa: E731
+        bits = b.bitcast(v, _vec(I32, lanes))
+        rounding = b.add(c(0x7FFF), b.and_(b.lshr(bits, c(16)), c(1)))
+        rounded = b.lshr(b.add(bits, rounding), c(16))
+        is_nan = b.fcmp_unordered("uno", v, v)
+        out = b.select(is_nan, c(0x7FC0), rounded)
+        return b.trunc(out, _vec(I16, lanes))
+
+    def bf16_to_f32(self, v, lanes):
+        wide = self.b.shl(self.b.zext(v, _vec(I32, lanes)), ir.Constant(_vec(I32, lanes), [16] * lanes if lanes else 16))
+        return self.b.bitcast(wide, _vec(F32, lanes))
+
+    def e_Call(self, e: L.Call):
+        args = [self.expr(a) for a in e.args]
+        args, lanes = self.unify(*args)
+        x = args[0]
+        dt = e.args[0].dtype
+        name = e.name
+        if name == "neg":
+            return self.b.fneg(x) if dt.is_float else self.b.sub(_zero(x.type), x)
+        if name == "not":
+            return self.b.not_(x)
+        if name == "isnan":
+            return self.b.fcmp_unordered("uno", x, x) if dt.is_float else _const_like(x.type, 0, I1)
+        if name == "abs" and not dt.is_float:
+            if not dt.is_signed:
+                return x
+            return self.b.select(self.b.icmp_signed("<", x, _zero(x.type)), self.b.sub(_zero(x.type), x), x)
+        if not dt.is_float:
+            raise UnsupportedOpError(f"codegen: {name} of {dt.name}")
+        if name == "rsqrt":
+            return self.b.fdiv(_const_like(x.type, 1.0), self.intrinsic("llvm.sqrt", [x]))
+        if name in _INTRINSIC:
+            return self.intrinsic(_INTRINSIC[name], [x])
+        if name in _LIBM:
+            scalar_t = x.type.element if lanes else x.type
+            cname = _LIBM[name][0 if scalar_t == F32 else 1]
+            fn = self.m.declare(cname, ir.FunctionType(scalar_t, [scalar_t]))
+            return self.per_lane(lambda s: self.b.call(fn, [s]), [x], lanes, scalar_t)
+        raise UnsupportedOpError(f"codegen: intrinsic {name}")
+
+    def e_Load(self, e: L.Load):
+        buf = e.buffer
+        flat = linear_index(buf, e.indices)
+        base = self.buffers[buf.name]
+        st = storage_type(buf.dtype)
+        if self.lanes:
+            coeff = lane_coefficient(flat, self.vec_var, self.varying_names())
+            if coeff == 1:
+                ptr = self.b.gep(base, [self.scalar_index(flat)])
+                raw = self.b.load(self.b.bitcast(ptr, ir.VectorType(st, self.lanes).as_pointer()),
+                                  align=buf.dtype.itemsize)
+                return self.from_storage(raw, buf.dtype, self.lanes)
+            if coeff != 0:
+                idx = self.expr(flat)
+                idx = self.splat(idx, self.lanes)
+                raw = self.per_lane(lambda i: self.b.load(self.b.gep(base, [i])), [idx], self.lanes, st)
+                return self.from_storage(raw, buf.dtype, self.lanes)
+        raw = self.b.load(self.b.gep(base, [self.expr(flat)]))
+        return self.from_storage(raw, buf.dtype, 0)
+
+    def from_storage(self, raw, dt: DType, lanes):
+        if dt is DType.float16:
+            return self.b.fpext(raw, _vec(F32, lanes))
+        if dt is DType.bfloat16:
+            return self.bf16_to_f32(raw, lanes)
+        if dt is DType.bool:
+            return self.b.icmp_unsigned("!=", raw, _zero(raw.type))
+        return raw
+
+    def to_storage(self, v, dt: DType):
+        lanes = v.type.count if isinstance(v.type, ir.VectorType) else 0
+        if dt is DType.float16:
+            return self.b.fptrunc(v, _vec(F16, lanes))
+        if dt is DType.bfloat16:
+            return self.f32_to_bf16(v, lanes)
+        if dt is DType.bool:
+            return self.b.zext(v, _vec(I8, lanes))
+        return v
+
+    def scalar_index(self, flat: L.Expr):
+        """Emits `flat` with the vector loop variable at its lane-0 value."""
+        saved = self.lanes
+        self.lanes = 0
+        self.env[self.vec_var], keep = self.vec_base, self.env[self.vec_var]
+        try:
+            return self.expr(flat)
+        finally:
+            self.env[self.vec_var] = keep
+            self.lanes = saved
+
+    def varying_names(self) -> set[str]:
+        return {k for k, v in self.env.items()
+                if (isinstance(v, _Local) and v.lanes) or (not isinstance(v, _Local) and isinstance(v.type, ir.VectorType))}
+
+    def e_Reduce(self, e):
+        raise UnsupportedOpError("codegen: Reduce must be lowered to loops before codegen")
+
+    # -- statements ------------------------------------------------------------------------
+    def stmt(self, s: L.Stmt):
+        getattr(self, "s_" + type(s).__name__)(s)
+
+    def s_Seq(self, s: L.Seq):
+        for x in s.stmts:
+            self.stmt(x)
+
+    def s_Let(self, s: L.Let):
+        self.env[s.var.name] = self.expr(s.value)
+        self.stmt(s.body)
+        del self.env[s.var.name]
+
+    def s_Alloc(self, s: L.Alloc):
+        t = _vec(value_type(s.var.dtype), self.lanes)
+        ptr = self.alloca(t, s.var.name)
+        self.b.store(self.splat(self.expr(s.init), self.lanes), ptr)
+        self.env[s.var.name] = _Local(ptr, self.lanes)
+        self.stmt(s.body)
+        del self.env[s.var.name]
+
+    def s_Assign(self, s: L.Assign):
+        local = self.env[s.var.name]
+        self.contract = True
+        try:
+            v = self.expr(s.value)
+        finally:
+            self.contract = False
+        self.b.store(self.splat(v, local.lanes), local.ptr)
+
+    def s_Store(self, s: L.Store):
+        buf = s.buffer
+        flat = linear_index(buf, s.indices)
+        value = self.to_storage(self.expr(s.value), buf.dtype)
+        base = self.buffers[buf.name]
+        if self.lanes:
+            coeff = lane_coefficient(flat, self.vec_var, self.varying_names())
+            value = self.splat(value, self.lanes)
+            if coeff == 1:
+                ptr = self.b.gep(base, [self.scalar_index(flat)])
+                self.b.store(value, self.b.bitcast(ptr, value.type.as_pointer()), align=buf.dtype.itemsize)
+                return
+            idx = self.splat(self.expr(flat), self.lanes)
+            for k in range(self.lanes):
+                lane = ir.Constant(I32, k)
+                self.b.store(self.b.extract_element(value, lane),
+                             self.b.gep(base, [self.b.extract_element(idx, lane)]))
+            return
+        self.b.store(value, self.b.gep(base, [self.expr(flat)]))
+
+    def s_If(self, s: L.If):
+        cond = self.expr(s.cond)
+        if isinstance(cond.type, ir.VectorType):
+            raise UnsupportedOpError("codegen: an if whose condition differs per lane cannot be vectorized")
+        if s.else_ is None:
+            with self.b.if_then(cond):
+                self.stmt(s.then)
+        else:
+            with self.b.if_else(cond) as (then, other):
+                with then:
+                    self.stmt(s.then)
+                with other:
+                    self.stmt(s.else_)
+
+    def s_For(self, s: L.For):
+        if s.kind == "parallel" and not self.lanes:
+            return self.m.emit_parallel(self, s)
+        if s.kind == "vectorized" and not self.lanes and self.m.lanes_for(s) > 1:
+            return self.vector_loop(s)
+        extent = self.expr(s.extent)
+        if isinstance(extent.type, ir.VectorType):
+            raise UnsupportedOpError("codegen: a loop extent may not depend on a vectorized variable")
+        if s.kind == "unrolled" and isinstance(s.extent, L.Const) and s.extent.value <= 64:
+            for k in range(s.extent.value):
+                self.env[s.var.name] = ir.Constant(I64, k)
+                self.stmt(s.body)
+            del self.env[s.var.name]
+            return
+        self.counted_loop(s.var.name, ir.Constant(I64, 0), extent, 1, lambda: self.stmt(s.body))
+
+    def counted_loop(self, name, start, stop, step, body, on_index=None):
+        """for (i = start; i < stop; i += step) body(); the variable is bound to `name`."""
+        b = self.b
+        pre = b.block
+        head = b.append_basic_block(f"{name}.head")
+        loop = b.append_basic_block(f"{name}.body")
+        exit_ = b.append_basic_block(f"{name}.exit")
+        b.branch(head)
+        b.position_at_end(head)
+        i = b.phi(I64, name=name)
+        i.add_incoming(start, pre)
+        b.cbranch(b.icmp_signed("<", i, stop), loop, exit_)
+        b.position_at_end(loop)
+        if on_index:
+            on_index(i)
+        else:
+            self.env[name] = i
+        body()
+        nxt = b.add(i, ir.Constant(I64, step))
+        i.add_incoming(nxt, b.block)
+        b.branch(head)
+        b.position_at_end(exit_)
+        self.env.pop(name, None)
+
+    def vector_loop(self, s: L.For):
+        lanes = self.m.lanes_for(s)
+        extent = self.expr(s.extent)
+        n_vec = self.b.sub(extent, self.b.srem(extent, ir.Constant(I64, lanes)))
+        ramp = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
+        name = s.var.name
+
+        def bind(i):
+            self.vec_base = i
+            self.env[name] = self.b.add(self.splat(i, lanes), ramp)
+
+        def vec_body():
+            self.lanes, self.vec_var = lanes, name
+            try:
+                self.stmt(s.body)
+            finally:
+                self.lanes, self.vec_var, self.vec_base = 0, None, None
+
+        if not (isinstance(s.extent, L.Const) and s.extent.value < lanes):
+            self.counted_loop(name, ir.Constant(I64, 0), n_vec, lanes, vec_body, on_index=bind)
+        if not (isinstance(s.extent, L.Const) and s.extent.value % lanes == 0):
+            self.counted_loop(name, n_vec, extent, 1, lambda: self.stmt(s.body))
+
+
+def _nonneg(e: L.Expr) -> bool:
+    """True if `e` is built from loop variables and non-negative constants by + * // %."""
+    if isinstance(e, L.Const):
+        return e.value >= 0
+    if isinstance(e, L.Var):
+        return True  # loop variables and dimension sizes
+    if isinstance(e, L.Binary) and e.op in ("add", "mul", "floordiv", "mod", "min", "max"):
+        return _nonneg(e.a) and _nonneg(e.b)
+    return False
+
+
+def _scalar_name(t):
+    if t == F32:
+        return "f32"
+    if t == F64:
+        return "f64"
+    if t == F16:
+        return "f16"
+    return f"i{t.width}"
+
+
+def _zero(t):
+    return _const_like(t, 0)
+
+
+def _const_like(t, value, elem=None):
+    if isinstance(t, ir.VectorType):
+        e = elem or t.element
+        return ir.Constant(ir.VectorType(e, t.count), [value] * t.count)
+    return ir.Constant(elem or t, value)
+
+
+class ModuleEmitter:
+    """Owns one llvmlite module: kernels, their outlined tasks, declarations, the model entry."""
+
+    def __init__(self, name: str, vector_bits: int, triple: str = "", data_layout: str = ""):
+        self.module = ir.Module(name=name)
+        self.module.triple = triple
+        self.module.data_layout = data_layout
+        self.vector_bits = vector_bits
+        self._tasks = 0
+
+    def declare(self, name, fnty):
+        existing = self.module.globals.get(name)
+        if existing is not None:
+            return existing
+        return ir.Function(self.module, fnty, name)
+
+    def lanes_for(self, loop: L.For) -> int:
+        """Vector width for a loop: the target's register width over the widest element it touches."""
+        widest = 32
+        for n in L.walk(loop.body):
+            if isinstance(n, (L.Load, L.Store)) and n.buffer.dtype in (DType.float64, DType.int64):
+                widest = 64
+        return max(1, self.vector_bits // widest)
+
+    def add_kernel(self, kernel: L.Kernel) -> ir.Function:
+        func = ir.Function(self.module, ENTRY_FN, kernel.name)
+        args, dims, ctx = func.args
+        args.name, dims.name, ctx.name = "args", "dims", "ctx"
+        em = FunctionEmitter(self, func, kernel, lambda b: (args, dims, ctx, {}))
+        em.stmt(kernel.body)
+        em.b.ret(ir.Constant(I32, 0))
+        em.finish()
+        return func
+
+    def emit_parallel(self, outer: FunctionEmitter, loop: L.For):
+        """Outlines `loop`'s body into a task and calls ctx->parallel_for over its extent."""
+        captured = sorted(_free_vars(loop) - {v.name for v in outer.kernel.dims})
+        for name in captured:
+            v = outer.env.get(name)
+            if v is None or isinstance(v, _Local) or v.type != I64:
+                raise UnsupportedOpError(f"codegen: a parallel loop may only capture int64 loop variables ({name})")
+        closure_t = ir.LiteralStructType([VOIDP.as_pointer(), I64.as_pointer()] + [I64] * len(captured))
+        self._tasks += 1
+        task = ir.Function(self.module, TASK_FN, f"{outer.kernel.name}.task{self._tasks}")
+        task.linkage = "internal"
+        begin, end, raw = task.args
+
+        def prologue(b):
+            cl = b.bitcast(raw, closure_t.as_pointer())
+            slots = [b.load(b.gep(cl, [ir.Constant(I32, 0), ir.Constant(I32, k)])) for k in range(2 + len(captured))]
+            return slots[0], slots[1], None, dict(zip(captured, slots[2:]))
+
+        inner = FunctionEmitter(self, task, outer.kernel, prologue)
+        inner.counted_loop(loop.var.name, begin, end, 1, lambda: inner.stmt(loop.body))
+        inner.b.ret_void()
+        inner.finish()
+
+        # caller: fill the closure on the stack and hand the task to the pool
+        b = outer.b
+        closure = outer.alloca(closure_t, "closure")
+        slots = [outer.args_ptr, outer.dims_ptr] + [outer.env[name] for name in captured]
+        for k, v in enumerate(slots):
+            b.store(v, b.gep(closure, [ir.Constant(I32, 0), ir.Constant(I32, k)]))
+        ctx = outer.ctx_ptr
+        pf = b.load(b.gep(ctx, [ir.Constant(I32, 0), ir.Constant(I32, 3)]))
+        b.call(pf, [ctx, task, b.bitcast(closure, VOIDP), outer.expr(loop.extent)])
+
+    def add_entry(self, name: str, steps, num_io: int) -> ir.Function:
+        """The model entry: calls each kernel with pointers into `args` (inputs, outputs,
+        weights) or the workspace. `steps` is a list of (kernel function, [(kind, n)]) with
+        kind "io" (args[n]) or "ws" (workspace + n bytes)."""
+        func = ir.Function(self.module, ENTRY_FN, name)
+        args, dims, ctx = func.args
+        b = ir.IRBuilder(func.append_basic_block("entry"))
+        ws = b.load(b.gep(ctx, [ir.Constant(I32, 0), ir.Constant(I32, 4)]), name="workspace")
+        width = max((len(refs) for _, refs in steps), default=1)
+        arr = b.alloca(ir.ArrayType(VOIDP, width), name="kargs")
+        base = b.bitcast(arr, VOIDP.as_pointer())
+        for k, (kfn, refs) in enumerate(steps):
+            for slot, (kind, n) in enumerate(refs):
+                if kind == "io":
+                    p = b.load(b.gep(args, [ir.Constant(I64, n)]))
+                else:
+                    p = b.gep(ws, [ir.Constant(I64, n)])
+                b.store(p, b.gep(base, [ir.Constant(I64, slot)]))
+            status = b.call(kfn, [base, dims, ctx])
+            failed = b.icmp_signed("!=", status, ir.Constant(I32, 0))
+            with b.if_then(failed, likely=False):
+                b.ret(status)
+        b.ret(ir.Constant(I32, 0))
+        return func
+
+
+def _free_vars(s: L.Stmt) -> set[str]:
+    bound, used = set(), set()
+    for n in L.walk(s):
+        if isinstance(n, (L.For, L.Let, L.Alloc)):
+            bound.add(n.var.name)
+        elif isinstance(n, L.Var):
+            used.add(n.name)
+        if isinstance(n, (L.Load, L.Store)):
+            for d in n.buffer.shape:
+                used |= {v.name for v in L.walk(d) if isinstance(v, L.Var)}
+    return used - bound

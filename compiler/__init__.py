@@ -1,0 +1,1 @@
+"""ubique.compiler: frontends (tracer), graph passes, fusion, lowering to loop IR, schedules."""

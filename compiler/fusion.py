@@ -1,0 +1,80 @@
+"""Fusion: partitions the graph's nodes into kernels.
+
+Each kernel has one root node (whose output it writes) and nodes inlined into it,
+which are recomputed at the index where the root's compute reads them. A node is
+inlined into its only consumer when that is cheap and correct:
+
+* elementwise / injective producers go into elementwise, injective and reduce
+  consumers, except contractions (matmul, conv2d), which would recompute them
+  once per use;
+* a reduce producer (matmul, conv2d, sum, pooling...) goes into an elementwise
+  consumer of the same shape that is itself the root or inlined the same way:
+  the elementwise chain becomes the reduction's epilogue (matmul+bias+relu is one
+  kernel).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ubique.ir.graph import Graph, Node
+from ubique.ir.registry import get_op
+
+CONTRACTIONS = frozenset({"matmul", "conv2d"})
+
+
+@dataclass
+class Group:
+    root: Node
+    members: list[Node] = field(default_factory=list)  # topological order, root last
+
+    @property
+    def name(self) -> str:
+        return "_".join(n.op for n in self.members)
+
+
+def fuse(g: Graph) -> list[Group]:
+    users = g.users()
+    outputs = {v.id for v in g.outputs}
+    owner: dict[int, Node] = {}        # id(node) -> root of the kernel it belongs to
+    epilogue_ok: dict[int, bool] = {}  # id(node) -> root reads it at the root's own index
+    for n in reversed(g.nodes):
+        if n.op == "constant":
+            continue
+        target = _inline_target(n, users, outputs, owner, epilogue_ok)
+        if target is None:
+            owner[id(n)] = n
+            epilogue_ok[id(n)] = True
+        else:
+            owner[id(n)] = owner[id(target)]
+            epilogue_ok[id(n)] = epilogue_ok[id(target)] and get_op(target.op).kind == "elementwise" \
+                and tuple(n.output.shape) == tuple(target.output.shape)
+    groups: dict[int, Group] = {}
+    for n in g.nodes:
+        if n.op == "constant":
+            continue
+        root = owner[id(n)]
+        groups.setdefault(id(root), Group(root)).members.append(n)
+    order = {id(n): k for k, n in enumerate(g.nodes)}
+    return sorted(groups.values(), key=lambda grp: order[id(grp.root)])
+
+
+def _inline_target(n: Node, users, outputs, owner, epilogue_ok):
+    if len(n.outputs) != 1 or n.output.id in outputs:
+        return None
+    consumers = {id(c): c for c in users.get(n.output.id, [])}
+    if len(consumers) != 1:
+        return None
+    c = next(iter(consumers.values()))
+    kind, ckind = get_op(n.op).kind, get_op(c.op).kind
+    if kind in ("elementwise", "injective"):
+        if ckind in ("elementwise", "injective") or (ckind == "reduce" and c.op not in CONTRACTIONS):
+            return c
+        return None
+    if kind == "reduce" and ckind == "elementwise" and epilogue_ok.get(id(c)) \
+            and tuple(c.output.shape) == tuple(n.output.shape) and _reads_once(c, n):
+        return c
+    return None
+
+
+def _reads_once(consumer: Node, producer: Node) -> bool:
+    return sum(v.id == producer.output.id for v in consumer.inputs) == 1

@@ -1,0 +1,86 @@
+"""Loop IR verifier: scoping, index ranks, dtypes and loop-kind nesting, with precise messages."""
+from __future__ import annotations
+
+from ubique.errors import VerifyError
+from ubique.ir import loop as L
+
+
+def verify_kernel(k: L.Kernel) -> None:
+    params = {}
+    for b in k.params:
+        if b.name in params:
+            raise VerifyError(f"kernel {k.name}: two parameters named {b.name!r}")
+        params[b.name] = b
+    scope = {v.name for v in k.dims}
+    _Verifier(k, params).stmt(k.body, scope, locals_=set(), in_vector=False, in_parallel=False)
+
+
+class _Verifier:
+    def __init__(self, k, params):
+        self.k, self.params = k, params
+
+    def fail(self, msg):
+        raise VerifyError(f"kernel {self.k.name}: {msg}")
+
+    def expr(self, e: L.Expr, scope):
+        for n in L.walk(e):
+            if isinstance(n, L.Var) and n.name not in scope:
+                self.fail(f"variable {n.name!r} is used outside its scope")
+            if isinstance(n, L.Load):
+                self.access(n.buffer, n.indices)
+            if isinstance(n, L.Reduce):
+                self.fail("Reduce must be lowered to loops before the kernel is final")
+            if isinstance(n, (L.Binary, L.Compare)) and n.a.dtype is not n.b.dtype:
+                self.fail(f"operands of {n.op} have different dtypes "
+                          f"({n.a.dtype.short} and {n.b.dtype.short}) in {e!r}")
+            if isinstance(n, L.Select) and (n.a.dtype is not n.b.dtype or not n.cond.dtype.is_bool):
+                self.fail(f"select needs a bool condition and equal branch dtypes in {e!r}")
+
+    def access(self, buf, indices):
+        if buf.name not in self.params or self.params[buf.name] != buf:
+            self.fail(f"buffer {buf.name!r} is not a parameter of the kernel")
+        if len(indices) != len(buf.shape):
+            self.fail(f"buffer {buf.name} has rank {len(buf.shape)} but is indexed with {len(indices)} indices")
+        for i in indices:
+            if not i.dtype.is_int:
+                self.fail(f"index {i!r} of {buf.name} is {i.dtype.short}, not an integer")
+
+    def stmt(self, s, scope, locals_, in_vector, in_parallel):
+        if isinstance(s, L.Seq):
+            for x in s.stmts:
+                self.stmt(x, scope, locals_, in_vector, in_parallel)
+        elif isinstance(s, L.For):
+            self.expr(s.extent, scope)
+            if s.var.name in scope:
+                self.fail(f"loop variable {s.var.name!r} shadows another variable")
+            if s.kind == "parallel" and (in_vector or in_parallel):
+                self.fail(f"parallel loop {s.var.name} is nested in a parallel or vectorized loop")
+            self.stmt(s.body, scope | {s.var.name}, locals_, in_vector or s.kind == "vectorized",
+                      in_parallel or s.kind == "parallel")
+        elif isinstance(s, L.Store):
+            self.access(s.buffer, s.indices)
+            for i in s.indices:
+                self.expr(i, scope)
+            self.expr(s.value, scope)
+            if s.value.dtype is not s.buffer.dtype:
+                self.fail(f"store of a {s.value.dtype.short} value into {s.buffer.name} ({s.buffer.dtype.short})")
+        elif isinstance(s, (L.Let, L.Alloc)):
+            value = s.value if isinstance(s, L.Let) else s.init
+            self.expr(value, scope)
+            if value.dtype is not s.var.dtype:
+                self.fail(f"{s.var.name} is {s.var.dtype.short} but is set to a {value.dtype.short} value")
+            self.stmt(s.body, scope | {s.var.name},
+                      locals_ | ({s.var.name} if isinstance(s, L.Alloc) else set()), in_vector, in_parallel)
+        elif isinstance(s, L.Assign):
+            if s.var.name not in locals_:
+                self.fail(f"assignment to {s.var.name!r}, which is not a local declared with var")
+            self.expr(s.value, scope)
+            if s.value.dtype is not s.var.dtype:
+                self.fail(f"{s.var.name} is {s.var.dtype.short} but is assigned a {s.value.dtype.short} value")
+        elif isinstance(s, L.If):
+            self.expr(s.cond, scope)
+            self.stmt(s.then, scope, locals_, in_vector, in_parallel)
+            if s.else_ is not None:
+                self.stmt(s.else_, scope, locals_, in_vector, in_parallel)
+        else:
+            self.fail(f"unknown statement {type(s).__name__}")

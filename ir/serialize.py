@@ -1,0 +1,102 @@
+"""JSON serialisation of the graph IR (versioned; round-trips exactly, no pickle)."""
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+
+from ubique.errors import VerifyError
+from ubique.ir.dtypes import DType, dtype_of
+from ubique.ir.graph import Graph, Node, TensorType, Value
+
+FORMAT = "ubique.graph"
+VERSION = 1
+
+
+def _enc_attr(v):
+    if isinstance(v, np.ndarray):
+        a = np.asarray(v, order="C")
+        return {"array": {"dtype": dtype_of(a.dtype).short, "shape": list(a.shape),
+                          "data": base64.b64encode(a.tobytes()).decode("ascii")}}
+    if isinstance(v, DType):
+        return {"dtype": v.short}
+    if isinstance(v, tuple):
+        return {"tuple": list(v)}
+    return v
+
+
+def _dec_attr(v):
+    if isinstance(v, dict):
+        if "array" in v:
+            a = v["array"]
+            dt = dtype_of(a["dtype"]).to_numpy()
+            data = base64.b64decode(a["data"])
+            return np.frombuffer(data, dtype=dt).reshape(a["shape"]).copy()
+        if "dtype" in v:
+            return dtype_of(v["dtype"])
+        if "tuple" in v:
+            return tuple(v["tuple"])
+    return v
+
+
+def _type(v: Value) -> dict:
+    return {"shape": list(v.shape), "dtype": v.dtype.short}
+
+
+def graph_to_dict(g: Graph) -> dict:
+    return {
+        "format": FORMAT, "version": VERSION, "name": g.name,
+        "inputs": [{"id": v.id, "name": v.name, **_type(v)} for v in g.inputs],
+        "nodes": [{"op": n.op, "inputs": [v.id for v in n.inputs],
+                   "attrs": {k: _enc_attr(a) for k, a in n.attrs.items()},
+                   "outputs": [{"id": v.id, **_type(v)} for v in n.outputs],
+                   **({"loc": n.loc} if n.loc else {})} for n in g.nodes],
+        "outputs": [v.id for v in g.outputs],
+    }
+
+
+def graph_from_dict(d: dict) -> Graph:
+    if d.get("format") != FORMAT:
+        raise VerifyError(f"not a ubique graph (format {d.get('format')!r}, expected {FORMAT!r})")
+    if d.get("version") != VERSION:
+        raise VerifyError(f"graph format version {d.get('version')} is not supported (this ubique reads {VERSION})")
+    g = Graph(d.get("name", "main"))
+    values: dict[int, Value] = {}
+
+    def lookup(i):
+        if i not in values:
+            raise VerifyError(f"graph {g.name}: value id {i} is used before it is defined")
+        return values[i]
+
+    try:
+        for v in d["inputs"]:
+            values[v["id"]] = val = Value(v["id"], TensorType(tuple(v["shape"]), v["dtype"]), None, v["name"])
+            g.inputs.append(val)
+        for nd in d["nodes"]:
+            node = Node(nd["op"], [lookup(i) for i in nd["inputs"]],
+                        {k: _dec_attr(a) for k, a in nd["attrs"].items()}, [], nd.get("loc"))
+            for o in nd["outputs"]:
+                values[o["id"]] = val = Value(o["id"], TensorType(tuple(o["shape"]), o["dtype"]), node)
+                node.outputs.append(val)
+            g.nodes.append(node)
+        g.outputs = [lookup(i) for i in d["outputs"]]
+    except (KeyError, TypeError) as e:
+        raise VerifyError(f"malformed graph JSON: missing or wrong field {e}") from None
+    g._next_id = max(values, default=-1) + 1
+    from ubique.ir.verify import verify_graph
+
+    verify_graph(g)
+    return g
+
+
+def dumps(g: Graph) -> str:
+    return json.dumps(graph_to_dict(g), sort_keys=True, separators=(",", ":"))
+
+
+def loads(text: str) -> Graph:
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise VerifyError(f"graph JSON does not parse: {e}") from None
+    return graph_from_dict(d)

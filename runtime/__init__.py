@@ -1,0 +1,1 @@
+"""ubique.runtime: loads kernels behind the one kernel ABI and runs them."""

@@ -1,0 +1,58 @@
+"""The target registry: names -> Target factories. The host is detected through LLVM."""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+from ubique.errors import UnsupportedOpError
+from ubique.targets.target import Target
+
+_FACTORIES: dict[str, Callable[[], Target]] = {}
+
+
+def register(name: str, factory: Callable[[], Target]) -> None:
+    """Registers a target under `name` (a factory, so detection runs only when used)."""
+    _FACTORIES[name] = factory
+
+
+def available() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def get_target(spec: "str | Target | None" = None) -> Target:
+    """A Target from a name ("host", "x86_64", ...), a Target, or None (the host)."""
+    if isinstance(spec, Target):
+        return spec
+    name = spec or "host"
+    if name not in _FACTORIES:
+        raise UnsupportedOpError(f"unknown target {name!r}; registered targets: {', '.join(available())}")
+    return _FACTORIES[name]()
+
+
+def _vector_bits(features: str) -> int:
+    if "+avx512f" in features:
+        return 512
+    if "+avx2" in features or "+avx" in features:
+        return 256
+    return 128
+
+
+@functools.lru_cache(maxsize=None)
+def host_target() -> Target:
+    import llvmlite.binding as llvm
+
+    from ubique.codegen.cpu import init_llvm
+
+    init_llvm()
+    triple = llvm.get_process_triple()
+    cpu = llvm.get_host_cpu_name()
+    try:
+        features = llvm.get_host_cpu_features().flatten()
+    except RuntimeError:  # some hosts do not report features
+        features = ""
+    arch = triple.split("-")[0]
+    return Target(name=arch if arch in ("x86_64", "aarch64") else arch, triple=triple, cpu=cpu,
+                  features=features, vector_bits=_vector_bits(features) if arch == "x86_64" else 128)
+
+
+register("host", host_target)

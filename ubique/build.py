@@ -1,0 +1,116 @@
+"""Graph -> runnable Executable, through an in-memory cache and an on-disk cache.
+
+The disk cache key covers the graph (with its constants), the target and the
+compiler revision, so a second process running the same function on the same
+shapes loads the shared library instead of compiling. `cache_info()` counts what
+happened in this process.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ubique.compiler.pipeline import COMPILER_REVISION, Program, Signature, compile_graph
+from ubique.ir.dtypes import dtype_of
+from ubique.ir.graph import Graph
+from ubique.ir.serialize import dumps
+from ubique.runtime.cache import DiskCache, read_meta
+from ubique.runtime.executable import Executable, link_program_object
+from ubique.targets.registry import get_target
+from ubique.targets.target import Target
+
+_lock = threading.Lock()
+_memory: dict[str, Executable] = {}
+_stats = {"compiled": 0, "memory_hits": 0, "disk_hits": 0, "disk_writes": 0}
+_ALIGN = 64
+
+
+def cache_info() -> dict[str, int]:
+    """Counts for this process: compiled, memory_hits, disk_hits, disk_writes."""
+    return dict(_stats)
+
+
+def count_memory_hit() -> None:
+    _stats["memory_hits"] += 1
+
+
+def graph_key(graph: Graph, target: Target) -> str:
+    from ubique import __version__
+
+    h = hashlib.sha256()
+    h.update(f"ubique {__version__} r{COMPILER_REVISION}|{target.key}|".encode())
+    h.update(dumps(graph).encode())
+    return h.hexdigest()
+
+
+def compile_program(graph: Graph, target=None) -> Program:
+    """Compiles (always) and remembers the result in the memory cache."""
+    target = get_target(target)
+    program = compile_graph(graph, target)
+    _stats["compiled"] += 1
+    key = graph_key(graph, target)
+    executable = _store(key, program)
+    with _lock:
+        _memory[key] = executable
+    return program
+
+
+def build(graph: Graph, target=None) -> Executable:
+    """An Executable for `graph`: from memory, from disk, or freshly compiled and stored."""
+    target = get_target(target)
+    key = graph_key(graph, target)
+    ex = _memory.get(key)
+    if ex is not None:
+        _stats["memory_hits"] += 1
+        return ex
+    entry = DiskCache("modules").get(key)
+    if entry is not None:
+        ex = _load_entry(entry)
+        _stats["disk_hits"] += 1
+    else:
+        program = compile_graph(graph, target)
+        _stats["compiled"] += 1
+        ex = _store(key, program)
+    with _lock:
+        _memory[key] = ex
+    return ex
+
+
+def _store(key: str, program: Program) -> Executable:
+    with tempfile.TemporaryDirectory(prefix="ubique-") as tmp:
+        so = link_program_object(program.obj, Path(tmp) / "module.so")
+        blob, specs = _pack_weights(program.weights)
+        meta = {"entry": program.entry, "signature": program.signature.to_json(), "weights": specs,
+                "workspace_size": program.memory.workspace_size, "num_kernels": program.num_kernels,
+                "target": program.target.name}
+        files = {"module.so": so.read_bytes(), "weights.bin": blob,
+                 "graph_ir.txt": program.graph_ir.encode(), "loop_ir.txt": program.loop_ir.encode()}
+    entry = DiskCache("modules").put(key, files, meta)
+    _stats["disk_writes"] += 1
+    return _load_entry(entry)
+
+
+def _pack_weights(weights: list[np.ndarray]) -> tuple[bytes, list[dict]]:
+    blob, specs = bytearray(), []
+    for w in weights:
+        blob.extend(b"\0" * (-len(blob) % _ALIGN))
+        specs.append({"offset": len(blob), "shape": list(w.shape), "dtype": dtype_of(w.dtype).short})
+        blob.extend(np.ascontiguousarray(w).tobytes())
+    return bytes(blob), specs
+
+
+def _load_entry(entry: Path) -> Executable:
+    meta = read_meta(entry)
+    blob = (entry / "weights.bin").read_bytes()
+    weights = []
+    for spec in meta["weights"]:
+        dt = dtype_of(spec["dtype"]).to_numpy()
+        count = int(np.prod(spec["shape"], dtype=np.int64))
+        weights.append(np.frombuffer(blob, dt, count, spec["offset"]).reshape(spec["shape"]))
+    return Executable(entry / "module.so", meta["entry"], Signature.from_json(meta["signature"]),
+                      weights, meta["workspace_size"])

@@ -1,0 +1,121 @@
+"""`@ub.jit`: trace a Python function per (shapes, dtypes), compile it, run it natively."""
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass
+
+import numpy as np
+
+from ubique import build as _build
+from ubique.compiler.pipeline import Program
+from ubique.compiler.tracer import Tensor, Tracer
+from ubique.errors import DTypeError, TraceError
+from ubique.ir.dtypes import dtype_of
+from ubique.ir.graph import Graph, TensorType
+
+
+@dataclass
+class Lowered:
+    """What the compiler made for one specialisation: every IR and the machine code."""
+    program: Program
+
+    graph_ir = property(lambda self: self.program.graph_ir)
+    loop_ir = property(lambda self: self.program.loop_ir)
+    llvm_ir = property(lambda self: self.program.llvm_ir)
+    asm = property(lambda self: self.program.asm)
+    num_kernels = property(lambda self: self.program.num_kernels)
+    timings = property(lambda self: dict(self.program.timings))
+
+
+def _is_array(a) -> bool:
+    return isinstance(a, (np.ndarray, np.generic))
+
+
+class JitFunction:
+    def __init__(self, fn, target=None):
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.target = target
+        self._params = list(inspect.signature(fn).parameters)
+        self._cache: dict[tuple, tuple] = {}  # spec -> (executable, output structure)
+
+    def _spec(self, args) -> tuple:
+        spec = []
+        for a in args:
+            if _is_array(a):
+                spec.append((a.shape, a.dtype))
+            elif isinstance(a, (bool, int, float)):
+                spec.append(("static", type(a), a))  # Python numbers are baked in as constants
+            else:
+                raise TraceError(f"{self.__name__}: arguments must be numpy arrays or Python numbers, "
+                                 f"got {type(a).__name__}")
+        return tuple(spec)
+
+    def trace(self, *args) -> tuple[Graph, object]:
+        tracer = Tracer(getattr(self.fn, "__name__", "main"))
+        traced = []
+        for k, a in enumerate(args):
+            if _is_array(a):
+                try:
+                    dt = dtype_of(a.dtype)
+                except DTypeError as e:
+                    name = self._params[k] if k < len(self._params) else f"#{k}"
+                    raise DTypeError(f"argument {name!r}: {e}") from None
+                name = self._params[k] if k < len(self._params) else f"arg{k}"
+                traced.append(tracer.input(TensorType(np.shape(a), dt), name))
+            else:
+                traced.append(a)
+        result = self.fn(*traced)
+        outputs, structure = _flatten(result, tracer)
+        tracer.graph.outputs = outputs
+        return tracer.graph, structure
+
+    def lower(self, *args) -> Lowered:
+        graph, structure = self.trace(*args)
+        program = _build.compile_program(graph, self.target)
+        self._cache[self._spec(args)] = (_build.build(graph, self.target), structure)
+        return Lowered(program)
+
+    def __call__(self, *args):
+        spec = self._spec(args)
+        hit = self._cache.get(spec)
+        if hit is None:
+            graph, structure = self.trace(*args)
+            hit = self._cache[spec] = (_build.build(graph, self.target), structure)
+        else:
+            _build.count_memory_hit()
+        executable, structure = hit
+        outs = executable.run(*(a for a in args if _is_array(a)))
+        return _unflatten(outs, structure)
+
+
+def _flatten(result, tracer):
+    """Outputs as graph values plus how to rebuild the returned structure."""
+    if isinstance(result, (tuple, list)):
+        values = []
+        for r in result:
+            values.append(_output_value(r, tracer))
+        return values, type(result)
+    return [_output_value(result, tracer)], None
+
+
+def _output_value(r, tracer):
+    if isinstance(r, Tensor):
+        return r.value
+    if _is_array(r) or isinstance(r, (bool, int, float)):
+        return tracer.constant(np.asarray(r))
+    raise TraceError(f"a jitted function must return tensors (or a tuple/list of them), got {type(r).__name__}")
+
+
+def _unflatten(outs, structure):
+    if structure is None:
+        return outs[0]
+    return structure(outs)
+
+
+def jit(fn=None, *, target=None):
+    """Decorator: compile `fn` on first call for each (shapes, dtypes) of its array arguments."""
+    if fn is None:
+        return lambda f: JitFunction(f, target)
+    return JitFunction(fn, target)
