@@ -30,12 +30,11 @@ def target_machine(target: Target):
 @dataclass
 class MachineCode:
     llvm_ir: str      # after optimisation
-    asm: str
     obj: bytes
 
 
 def compile_llvm_ir(text: str, target: Target) -> MachineCode:
-    """Parses, verifies and optimises (O3) LLVM IR, then emits object code and assembly."""
+    """Parses, verifies and optimises (O3) LLVM IR, then emits object code."""
     tm = target_machine(target)
     mod = llvm.parse_assembly(text)
     mod.triple = target.triple
@@ -44,4 +43,9 @@ def compile_llvm_ir(text: str, target: Target) -> MachineCode:
     pto = llvm.create_pipeline_tuning_options(speed_level=3)
     pb = llvm.create_pass_builder(tm, pto)
     pb.getModulePassManager().run(mod, pb)
-    return MachineCode(llvm_ir=str(mod), asm=tm.emit_assembly(mod), obj=tm.emit_object(mod))
+    return MachineCode(llvm_ir=str(mod), obj=tm.emit_object(mod))
+
+
+def emit_assembly(optimised_ir: str, target: Target) -> str:
+    """Assembly text for already optimised LLVM IR (done on request: it costs as much as codegen)."""
+    return target_machine(target).emit_assembly(llvm.parse_assembly(optimised_ir))

@@ -39,6 +39,8 @@ _STORAGE = {DType.float32: F32, DType.float64: F64, DType.float16: F16, DType.bf
             DType.int8: I8, DType.uint8: I8, DType.int32: I32, DType.int64: I64, DType.bool: I8}
 # libm functions used where LLVM has no intrinsic; called once per lane
 _LIBM = {"tanh": ("tanhf", "tanh"), "erf": ("erff", "erf")}
+# functions glibc's libmvec provides as vector calls (glibc >= 2.35)
+_LIBMVEC = {"exp": "exp", "log": "log", "sin": "sin", "cos": "cos", "tanh": "tanh", "erf": "erf", "pow": "pow"}
 _INTRINSIC = {"exp": "llvm.exp", "log": "llvm.log", "sqrt": "llvm.sqrt", "sin": "llvm.sin",
               "cos": "llvm.cos", "floor": "llvm.floor", "ceil": "llvm.ceil", "abs": "llvm.fabs"}
 
@@ -209,6 +211,10 @@ class FunctionEmitter:
                     r.flags.append("contract")
                 return r
             if op == "pow":
+                if lanes and self.m.vector_math == "libmvec":
+                    call = self.libmvec_call("pow", [a, b], lanes)
+                    if call is not None:
+                        return call
                 return self.intrinsic("llvm.pow", [a, b])
             if op in ("max", "min"):  # numpy semantics: NaN in either operand propagates
                 pick_a = self.b.fcmp_unordered("ugt" if op == "max" else "ult", a, b)
@@ -361,6 +367,10 @@ class FunctionEmitter:
             raise UnsupportedOpError(f"codegen: {name} of {dt.name}")
         if name == "rsqrt":
             return self.b.fdiv(_const_like(x.type, 1.0), self.intrinsic("llvm.sqrt", [x]))
+        if lanes and self.m.vector_math == "libmvec":
+            call = self.libmvec_call(name, args, lanes)
+            if call is not None:
+                return call
         if name in _INTRINSIC:
             return self.intrinsic(_INTRINSIC[name], [x])
         if name in _LIBM:
@@ -369,6 +379,19 @@ class FunctionEmitter:
             fn = self.m.declare(cname, ir.FunctionType(scalar_t, [scalar_t]))
             return self.per_lane(lambda s: self.b.call(fn, [s]), [x], lanes, scalar_t)
         raise UnsupportedOpError(f"codegen: intrinsic {name}")
+
+    def libmvec_call(self, name, args, lanes):
+        """A call into glibc's libmvec (vector ABI names _ZGV<isa>N<lanes>v_<fn>), or None."""
+        if name not in _LIBMVEC:
+            return None
+        elem = args[0].type.element
+        bits = lanes * (32 if elem == F32 else 64)
+        isa = {128: "b", 256: "d", 512: "e"}.get(bits)
+        if isa is None or bits > self.m.vector_bits:
+            return None
+        symbol = f"_ZGV{isa}N{lanes}{'v' * len(args)}_{_LIBMVEC[name]}{'f' if elem == F32 else ''}"
+        fn = self.m.declare(symbol, ir.FunctionType(args[0].type, [a.type for a in args]))
+        return self.b.call(fn, args)
 
     def e_Load(self, e: L.Load):
         buf = e.buffer
@@ -532,27 +555,37 @@ class FunctionEmitter:
         self.env.pop(name, None)
 
     def vector_loop(self, s: L.For):
-        lanes = self.m.lanes_for(s)
+        """Vector iterations at the requested width, then at the register width, then scalars."""
+        base = self.m.lanes_for(s)
+        widths = [s.lanes, base] if s.lanes > base else [base]
         extent = self.expr(s.extent)
-        n_vec = self.b.sub(extent, self.b.srem(extent, ir.Constant(I64, lanes)))
-        ramp = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
+        static = s.extent.value if isinstance(s.extent, L.Const) else None
         name = s.var.name
+        start, static_start = ir.Constant(I64, 0), 0
+        for lanes in widths:
+            if static is not None and static - static_start < lanes:
+                continue
+            rem = self.b.srem(self.b.sub(extent, start), ir.Constant(I64, lanes))
+            stop = self.b.sub(extent, rem)
+            ramp = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
 
-        def bind(i):
-            self.vec_base = i
-            self.env[name] = self.b.add(self.splat(i, lanes), ramp)
+            def bind(i, lanes=lanes, ramp=ramp):
+                self.vec_base = i
+                self.env[name] = self.b.add(self.splat(i, lanes), ramp)
 
-        def vec_body():
-            self.lanes, self.vec_var = lanes, name
-            try:
-                self.stmt(s.body)
-            finally:
-                self.lanes, self.vec_var, self.vec_base = 0, None, None
+            def vec_body(lanes=lanes):
+                self.lanes, self.vec_var = lanes, name
+                try:
+                    self.stmt(s.body)
+                finally:
+                    self.lanes, self.vec_var, self.vec_base = 0, None, None
 
-        if not (isinstance(s.extent, L.Const) and s.extent.value < lanes):
-            self.counted_loop(name, ir.Constant(I64, 0), n_vec, lanes, vec_body, on_index=bind)
-        if not (isinstance(s.extent, L.Const) and s.extent.value % lanes == 0):
-            self.counted_loop(name, n_vec, extent, 1, lambda: self.stmt(s.body))
+            self.counted_loop(name, start, stop, lanes, vec_body, on_index=bind)
+            start = stop
+            if static is not None:
+                static_start = static - (static - static_start) % lanes
+        if static is None or static_start < static:
+            self.counted_loop(name, start, extent, 1, lambda: self.stmt(s.body))
 
 
 def _nonneg(e: L.Expr) -> bool:
@@ -590,7 +623,9 @@ def _const_like(t, value, elem=None):
 class ModuleEmitter:
     """Owns one llvmlite module: kernels, their outlined tasks, declarations, the model entry."""
 
-    def __init__(self, name: str, vector_bits: int, triple: str = "", data_layout: str = ""):
+    def __init__(self, name: str, vector_bits: int, triple: str = "", data_layout: str = "",
+                 vector_math: str = ""):
+        self.vector_math = vector_math
         self.module = ir.Module(name=name)
         self.module.triple = triple
         self.module.data_layout = data_layout

@@ -51,7 +51,6 @@ class Program:
     weights: list[np.ndarray]         # entry args after inputs and outputs, in order
     entry: str
     llvm_ir: str
-    asm: str
     obj: bytes
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -62,6 +61,12 @@ class Program:
     @property
     def loop_ir(self) -> str:
         return "\n\n".join(print_kernel(k.kernel) for k in self.kernels)
+
+    @property
+    def asm(self) -> str:
+        from ubique.codegen.cpu import emit_assembly
+
+        return emit_assembly(self.llvm_ir, self.target)
 
     @property
     def num_kernels(self) -> int:
@@ -134,7 +139,7 @@ def compile_graph(graph: Graph, target: Target, *, fold: bool = True, name: str 
     memory = plan_memory(steps, sizes, set(io))
 
     t0 = time.perf_counter()
-    mod = ModuleEmitter(name, target.vector_bits, target.triple)
+    mod = ModuleEmitter(name, target.vector_bits, target.triple, vector_math=target.vector_math)
     entry_steps = []
     for lk in lowered:
         fn = mod.add_kernel(lk.kernel)
@@ -148,4 +153,4 @@ def compile_graph(graph: Graph, target: Target, *, fold: bool = True, name: str 
     timings["llvm"] = time.perf_counter() - t0
 
     sig = Signature([(v.name or f"arg{k}", v.type) for k, v in enumerate(g.inputs)], [v.type for v in g.outputs])
-    return Program(name, target, sig, g, lowered, memory, weights, entry, code.llvm_ir, code.asm, code.obj, timings)
+    return Program(name, target, sig, g, lowered, memory, weights, entry, code.llvm_ir, code.obj, timings)

@@ -174,12 +174,14 @@ class Stmt(Node):
 
 
 class For(Stmt):
-    __slots__ = ("var", "extent", "body", "kind")
-    _fields = ("var", "extent", "body", "kind")
+    """A loop over var in [0, extent). `lanes` (vectorized loops only) asks for a vector
+    width; 0 lets the codegen use the target's register width."""
+    __slots__ = ("var", "extent", "body", "kind", "lanes")
+    _fields = ("var", "extent", "body", "kind", "lanes")
 
-    def __init__(self, var: Var, extent, body: Stmt, kind: str = "serial"):
+    def __init__(self, var: Var, extent, body: Stmt, kind: str = "serial", lanes: int = 0):
         assert kind in LOOP_KINDS, kind
-        self.var, self.extent, self.body, self.kind = var, as_expr(extent), body, kind
+        self.var, self.extent, self.body, self.kind, self.lanes = var, as_expr(extent), body, kind, lanes
 
 
 class Store(Stmt):
@@ -378,7 +380,7 @@ class Mutator:
         if isinstance(n, Load): return Load(n.buffer, [self.visit(i) for i in n.indices])
         if isinstance(n, Reduce):
             return Reduce(n.kind, [(v, self.visit(e)) for v, e in n.axes], self.visit(n.body), n.dtype)
-        if isinstance(n, For): return For(n.var, self.visit(n.extent), self.visit(n.body), n.kind)
+        if isinstance(n, For): return For(n.var, self.visit(n.extent), self.visit(n.body), n.kind, n.lanes)
         if isinstance(n, Store): return Store(n.buffer, [self.visit(i) for i in n.indices], self.visit(n.value))
         if isinstance(n, Let): return Let(n.var, self.visit(n.value), self.visit(n.body))
         if isinstance(n, Alloc): return Alloc(n.var, self.visit(n.init), self.visit(n.body))

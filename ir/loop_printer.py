@@ -45,7 +45,7 @@ def print_stmt(s: L.Stmt, indent: int = 1) -> list[str]:
     if isinstance(s, L.Seq):
         return [line for x in s.stmts for line in print_stmt(x, indent)]
     if isinstance(s, L.For):
-        kind = "" if s.kind == "serial" else s.kind + " "
+        kind = "" if s.kind == "serial" else s.kind + (f"({s.lanes})" if s.lanes else "") + " "
         return ([f"{pad}{kind}for {s.var.name} in 0..{print_expr(s.extent)} {{"]
                 + print_stmt(s.body, indent + 1) + [pad + "}"])
     if isinstance(s, L.Store):

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from ubique.errors import DTypeError, ShapeError
-from ubique.ir.dtypes import dtype_of
 from ubique.runtime import native
 from ubique.runtime.toolchain import link_shared
 
@@ -33,8 +32,8 @@ class Executable:
         self.signature = signature
         self.workspace_size = int(workspace_size)
         self._weights = [np.ascontiguousarray(w) for w in weights]
-        self._in_dtypes = [t.dtype.to_numpy() if t.dtype.name != "bfloat16" else None for _, t in signature.inputs]
-        self._out_specs = [(tuple(t.shape), t.dtype) for t in signature.outputs]
+        self._in_specs = [(name, tuple(t.shape), _numpy_dtype(t.dtype)) for name, t in signature.inputs]
+        self._out_specs = [(tuple(t.shape), t.dtype.to_numpy()) for t in signature.outputs]
         n_in, n_out = len(signature.inputs), len(signature.outputs)
         self._n_args = n_in + n_out + len(self._weights)
         self._weight_ptrs = [native.ffi.cast("void *", w.ctypes.data) for w in self._weights]
@@ -49,30 +48,32 @@ class Executable:
 
     def check_inputs(self, arrays) -> list[np.ndarray]:
         """Validates count, dtype and shape; returns C-contiguous arrays."""
-        sig = self.signature.inputs
-        if len(arrays) != len(sig):
-            raise ShapeError(f"expected {len(sig)} input(s) ({', '.join(n for n, _ in sig)}), got {len(arrays)}")
+        specs = self._in_specs
+        if len(arrays) != len(specs):
+            raise ShapeError(f"expected {len(specs)} input(s) ({', '.join(s[0] for s in specs)}), got {len(arrays)}")
         out = []
-        for a, (name, t) in zip(arrays, sig):
-            a = np.asarray(a)
-            try:
-                got = dtype_of(a.dtype)
-            except DTypeError:
-                got = None
-            if got is not t.dtype:
-                raise DTypeError(f"input {name!r}: expected dtype {t.dtype.name}, got {a.dtype}")
-            if a.shape != tuple(t.shape):
-                raise ShapeError(f"input {name!r}: expected shape {tuple(t.shape)}, got {a.shape}")
-            out.append(np.ascontiguousarray(a))
+        for a, (name, shape, dtype) in zip(arrays, specs):
+            if type(a) is not np.ndarray:
+                a = np.asarray(a)
+            if a.dtype != dtype:
+                raise DTypeError(f"input {name!r}: expected dtype {dtype}, got {a.dtype}")
+            if a.shape != shape:
+                raise ShapeError(f"input {name!r}: expected shape {shape}, got {a.shape}")
+            out.append(a if a.flags.c_contiguous else np.ascontiguousarray(a))
         return out
 
     def run(self, *arrays) -> list[np.ndarray]:
+        """Runs the graph on numpy inputs (validated first); returns new output arrays."""
         inputs = self.check_inputs(arrays)
-        outputs = [np.empty(shape, dtype.to_numpy()) for shape, dtype in self._out_specs]
+        outputs = [np.empty(shape, dtype) for shape, dtype in self._out_specs]
         args = native.make_pointer_array(self._n_args)
+        from_buffer = native.ffi.from_buffer
         k = 0
-        for a in inputs + outputs:
-            args[k] = native.ffi.cast("void *", a.ctypes.data)
+        for a in inputs:
+            args[k] = from_buffer(a) if a.size else native.ffi.NULL
+            k += 1
+        for a in outputs:
+            args[k] = from_buffer(a) if a.size else native.ffi.NULL
             k += 1
         for p in self._weight_ptrs:
             args[k] = p
@@ -81,17 +82,24 @@ class Executable:
         return outputs
 
 
-def link_program_object(obj: bytes, out: Path) -> Path:
+def _numpy_dtype(dt):
+    try:
+        return dt.to_numpy()
+    except DTypeError:  # bfloat16 without ml_dtypes: such inputs cannot be given
+        return None
+
+
+def link_program_object(obj: bytes, out: Path, libs=("m",)) -> Path:
     """Links emitted object code into a shared library at `out`."""
     with tempfile.TemporaryDirectory(prefix="ubique-link-") as tmp:
         o = Path(tmp) / "module.o"
         o.write_bytes(obj)
-        return link_shared([o], out)
+        return link_shared([o], out, libs=libs)
 
 
 def load_program(program) -> Executable:
     """Links a compiler Program into a temporary library and loads it (no disk cache)."""
     with tempfile.TemporaryDirectory(prefix="ubique-") as folder:
-        lib = link_program_object(program.obj, Path(folder) / "module.so")
+        lib = link_program_object(program.obj, Path(folder) / "module.so", program.target.link_libs)
         # once loaded, the mapping outlives the file
         return Executable(lib, program.entry, program.signature, program.weights, program.memory.workspace_size)

@@ -52,7 +52,19 @@ def host_target() -> Target:
         features = ""
     arch = triple.split("-")[0]
     return Target(name=arch if arch in ("x86_64", "aarch64") else arch, triple=triple, cpu=cpu,
-                  features=features, vector_bits=_vector_bits(features) if arch == "x86_64" else 128)
+                  features=features, vector_bits=_vector_bits(features) if arch == "x86_64" else 128,
+                  vector_math="libmvec" if arch == "x86_64" and _has_libmvec() else "")
+
+
+def _has_libmvec() -> bool:
+    """glibc >= 2.35 ships vector exp/log/sin/cos/tanh/erf/pow for SSE, AVX2 and AVX-512."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL("libmvec.so.1")
+    except OSError:
+        return False
+    return all(hasattr(lib, s) for s in ("_ZGVdN8v_tanhf", "_ZGVdN8v_erff", "_ZGVbN4v_expf"))
 
 
 register("host", host_target)

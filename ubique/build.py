@@ -7,8 +7,9 @@ happened in this process.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
-import json
+import importlib
 import tempfile
 import threading
 from pathlib import Path
@@ -39,11 +40,24 @@ def count_memory_hit() -> None:
     _stats["memory_hits"] += 1
 
 
-def graph_key(graph: Graph, target: Target) -> str:
-    from ubique import __version__
+@functools.lru_cache(maxsize=None)
+def compiler_fingerprint() -> str:
+    """Hash of the compiler's own sources: any change to them invalidates cached code."""
+    import ubique
 
+    h = hashlib.sha256(f"{ubique.__version__} r{COMPILER_REVISION}".encode())
+    for pkg in ("ubique.ir", "ubique.compiler", "ubique.codegen", "ubique.targets", "ubique.runtime"):
+        folder = Path(importlib.import_module(pkg).__file__).parent
+        for f in sorted(folder.rglob("*")):
+            if f.suffix in (".py", ".c", ".h"):
+                h.update(f.name.encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def graph_key(graph: Graph, target: Target) -> str:
     h = hashlib.sha256()
-    h.update(f"ubique {__version__} r{COMPILER_REVISION}|{target.key}|".encode())
+    h.update(f"{compiler_fingerprint()}|{target.key}|".encode())
     h.update(dumps(graph).encode())
     return h.hexdigest()
 
@@ -83,7 +97,7 @@ def build(graph: Graph, target=None) -> Executable:
 
 def _store(key: str, program: Program) -> Executable:
     with tempfile.TemporaryDirectory(prefix="ubique-") as tmp:
-        so = link_program_object(program.obj, Path(tmp) / "module.so")
+        so = link_program_object(program.obj, Path(tmp) / "module.so", program.target.link_libs)
         blob, specs = _pack_weights(program.weights)
         meta = {"entry": program.entry, "signature": program.signature.to_json(), "weights": specs,
                 "workspace_size": program.memory.workspace_size, "num_kernels": program.num_kernels,
