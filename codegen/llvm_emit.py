@@ -24,6 +24,7 @@ import numpy as np
 from ubique.errors import UnsupportedOpError
 from ubique.ir import loop as L
 from ubique.ir.dtypes import DType
+from ubique.ir.loop_analysis import lane_coefficient, linear_index
 
 I1, I8, I16, I32, I64 = (ir.IntType(n) for n in (1, 8, 16, 32, 64))
 F32, F64, F16 = ir.FloatType(), ir.DoubleType(), ir.HalfType()
@@ -74,43 +75,6 @@ def _round_scalar(value: float, dt: DType) -> float:
     if dt is DType.float32:
         return float(np.float32(value))
     return value
-
-
-def lane_coefficient(e: L.Expr, var: str, varying: set[str]):
-    """How much `e` grows per step of `var` if affine in it with an int constant factor; else None."""
-    if isinstance(e, L.Const):
-        return 0
-    if isinstance(e, L.Var):
-        if e.name == var:
-            return 1
-        return None if e.name in varying else 0
-    if isinstance(e, L.Binary):
-        a, b = lane_coefficient(e.a, var, varying), lane_coefficient(e.b, var, varying)
-        if a is None or b is None:
-            return None
-        if e.op == "add":
-            return a + b
-        if e.op == "sub":
-            return a - b
-        if e.op == "mul":
-            if a == 0 and b == 0:
-                return 0
-            if a == 0 and isinstance(e.a, L.Const):
-                return a + e.a.value * b
-            if b == 0 and isinstance(e.b, L.Const):
-                return e.b.value * a
-            return None
-        return 0 if a == 0 and b == 0 else None
-    if isinstance(e, (L.Compare, L.Select, L.Cast, L.Call, L.Load)):
-        return 0 if all(lane_coefficient(c, var, varying) == 0 for c in L.children(e)) else None
-    return None
-
-
-def linear_index(buf: L.Buffer, indices) -> L.Expr:
-    flat = L.Const(0, L.I64)
-    for i, d in zip(indices, buf.shape):
-        flat = flat * d + i
-    return flat
 
 
 class _Local:
@@ -203,7 +167,14 @@ class FunctionEmitter:
 
     def e_Binary(self, e: L.Binary):
         (a, b), lanes = self.unify(self.expr(e.a), self.expr(e.b))
-        dt, op = e.a.dtype, e.op
+        if e.op in ("floordiv", "mod") and isinstance(e.b, L.Const) and e.b.value > 0 and _nonneg(e.a):
+            # index arithmetic on non-negative values: C division is floor division
+            return self.b.sdiv(a, b) if e.op == "floordiv" else self.b.srem(a, b)
+        return self.binop(e.op, a, b, e.a.dtype)
+
+    def binop(self, op: str, a, b, dt: DType):
+        """`a op b` on registers of dtype `dt` (scalars or vectors of equal shape)."""
+        lanes = a.type.count if isinstance(a.type, ir.VectorType) else 0
         if dt.is_float:
             if op in ("add", "sub", "mul", "div"):
                 r = getattr(self.b, {"add": "fadd", "sub": "fsub", "mul": "fmul", "div": "fdiv"}[op])(a, b)
@@ -233,19 +204,16 @@ class FunctionEmitter:
             c = self.b.icmp_signed(pred, a, b) if signed else self.b.icmp_unsigned(pred, a, b)
             return self.b.select(c, a, b)
         if op in ("floordiv", "mod"):
-            return self._floor_divmod(a, b, op, signed, e)
+            return self._floor_divmod(a, b, op, signed)
         if op == "pow":
             return self._int_pow(a, b, dt)
         raise UnsupportedOpError(f"codegen: integer op {op}")
 
-    def _floor_divmod(self, a, b, op, signed, e):
+    def _floor_divmod(self, a, b, op, signed):
+        """Python semantics: the quotient rounds toward -inf, the remainder takes b's sign."""
         if not signed:
             return self.b.udiv(a, b) if op == "floordiv" else self.b.urem(a, b)
         q, r = self.b.sdiv(a, b), self.b.srem(a, b)
-        # Python semantics: round toward -inf. Skip the fix-up when the divisor is a
-        # positive constant and the dividend is known non-negative (index arithmetic).
-        if isinstance(e.b, L.Const) and e.b.value > 0 and _nonneg(e.a):
-            return q if op == "floordiv" else r
         zero = ir.Constant(a.type, 0) if not isinstance(a.type, ir.VectorType) else \
             ir.Constant(a.type, [0] * a.type.count)
         fix = self.b.and_(self.b.icmp_signed("!=", r, zero),
@@ -518,6 +486,8 @@ class FunctionEmitter:
         if s.kind == "parallel" and not self.lanes:
             return self.m.emit_parallel(self, s)
         if s.kind == "vectorized" and not self.lanes and self.m.lanes_for(s) > 1:
+            if _reduction_update(s) is not None:
+                return self.vector_reduction_loop(s)
             return self.vector_loop(s)
         extent = self.expr(s.extent)
         if isinstance(extent.type, ir.VectorType):
@@ -554,6 +524,46 @@ class FunctionEmitter:
         b.position_at_end(exit_)
         self.env.pop(name, None)
 
+    def vector_reduction_loop(self, s: L.For):
+        """acc = acc op value over a vectorized loop: vector partial results (reassociated),
+        combined across lanes at the end, then the scalar tail."""
+        acc, op = _reduction_update(s)
+        scalar_local = self.env[acc.name]
+        lanes = s.lanes or self.m.lanes_for(s)
+        vt = ir.VectorType(value_type(acc.dtype), lanes)
+        vec_local = _Local(self.alloca(vt, acc.name + ".vec"), lanes)
+        ident = _identity_value(op, acc.dtype)
+        self.b.store(ir.Constant(vt, [ident] * lanes), vec_local.ptr)
+        extent = self.expr(s.extent)
+        stop = self.b.sub(extent, self.b.srem(extent, ir.Constant(I64, lanes)))
+        ramp = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
+        name = s.var.name
+
+        def bind(i):
+            self.vec_base = i
+            self.env[name] = self.b.add(self.splat(i, lanes), ramp)
+
+        def body():
+            self.lanes, self.vec_var = lanes, name
+            self.env[acc.name] = vec_local
+            try:
+                self.stmt(s.body)
+            finally:
+                self.lanes, self.vec_var, self.vec_base = 0, None, None
+                self.env[acc.name] = scalar_local
+
+        self.counted_loop(name, ir.Constant(I64, 0), stop, lanes, body, on_index=bind)
+        v = self.b.load(vec_local.ptr)
+        width = lanes
+        while width > 1:  # tree reduction across lanes
+            width //= 2
+            lo = self.b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, width), list(range(width))))
+            hi = self.b.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, width), list(range(width, 2 * width))))
+            v = self.binop(op, lo, hi, acc.dtype)
+        total = self.b.extract_element(v, ir.Constant(I32, 0))
+        self.b.store(self.binop(op, self.b.load(scalar_local.ptr), total, acc.dtype), scalar_local.ptr)
+        self.counted_loop(name, stop, extent, 1, lambda: self.stmt(s.body))
+
     def vector_loop(self, s: L.For):
         """Vector iterations at the requested width, then at the register width, then scalars."""
         base = self.m.lanes_for(s)
@@ -586,6 +596,30 @@ class FunctionEmitter:
                 static_start = static - (static - static_start) % lanes
         if static is None or static_start < static:
             self.counted_loop(name, start, extent, 1, lambda: self.stmt(s.body))
+
+
+def _reduction_update(s: L.For):
+    """(accumulator, op) if the loop body is `acc = acc op value` with acc not in value."""
+    body = s.body
+    if not (isinstance(body, L.Assign) and isinstance(body.value, L.Binary)
+            and body.value.op in ("add", "mul", "max", "min") and body.value.a == body.var):
+        return None
+    if any(isinstance(n, L.Var) and n.name == body.var.name for n in L.walk(body.value.b)):
+        return None
+    return body.var, body.value.op
+
+
+def _identity_value(op: str, dt: DType):
+    if op == "add":
+        return 0
+    if op == "mul":
+        return 1
+    if dt.is_float:
+        return -math.inf if op == "max" else math.inf
+    if dt.is_bool:
+        return int(op == "min")
+    lo, hi = (-(2 ** (dt.bits - 1)), 2 ** (dt.bits - 1) - 1) if dt.is_signed else (0, 2 ** dt.bits - 1)
+    return (lo if op == "max" else hi) & ((1 << dt.bits) - 1)
 
 
 def _nonneg(e: L.Expr) -> bool:

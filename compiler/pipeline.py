@@ -114,11 +114,12 @@ def compile_graph(graph: Graph, target: Target, *, fold: bool = True, name: str 
         raise UnsupportedOpError(f"symbolic dimensions {symbols} are not supported yet; give static shapes")
 
     t0 = time.perf_counter()
-    lanes = max(1, target.vector_bits // 32)
     threads = threads or max(2, target.num_cores or 2)
     lowered = []
     for k, group in enumerate(fuse(g)):
         lk = lower_group(group, f"{name}_k{k}_{group.name}"[:80])
+        widest = max([32] + [b.dtype.bits for b in lk.kernel.params])
+        lanes = max(1, target.vector_bits // widest)
         lk.kernel = default_schedule(lk.kernel, lk.output.type.rank, lk.work, lanes, threads)
         verify_kernel(lk.kernel)
         lowered.append(lk)

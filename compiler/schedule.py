@@ -100,11 +100,16 @@ def default_schedule(kernel: L.Kernel, rank: int, work: int, lanes: int, threads
     rows unrolled and jammed around a wide vector of columns."""
     body = kernel.body
     if rank == 0:
-        return kernel
+        return L.Kernel(kernel.name, kernel.params, kernel.dims, _vectorize_contiguous_reductions(body, lanes))
     names = [f"i{k}" for k in range(rank)]
     inner = find_loop(body, names[-1])
     cols = _static(inner.extent)
     reduces = any(isinstance(n, L.For) for n in L.walk(inner.body))
+    if reduces and not (cols > 1 and _contiguous(inner, names[-1])):
+        # the output's last axis reads memory with a stride: vectorize the reduction instead
+        vectorized = _vectorize_contiguous_reductions(body, lanes)
+        if vectorized is not body:
+            body, cols, reduces = vectorized, 1, False
     parallel_ok = work >= PARALLEL_MIN_WORK and threads > 1
     if cols > 1 and reduces and rank >= 2 and _static(find_loop(body, names[-2]).extent, 0) >= ROWS \
             and cols >= lanes:
@@ -116,17 +121,45 @@ def default_schedule(kernel: L.Kernel, rank: int, work: int, lanes: int, threads
         wide = 4 * lanes if reduces and cols >= 4 * lanes else 0
         body = vectorize(body, names[-1], wide)
     if parallel_ok:
+        serial_names = names[:-1] if cols > 1 else names  # a vectorized last loop stays inside
         outer_extent = 1
-        for n in names[:-1]:
+        for n in serial_names:
             outer_extent *= _static(find_loop(body, n).extent)
-        if rank >= 2 and outer_extent >= threads:
-            body = _parallel_fused(body, names[:-1])
+        if serial_names and outer_extent >= threads:
+            body = _parallel_fused(body, serial_names)
         elif cols >= 2 * lanes * threads:
             chunk = -(-cols // (threads * 4))
             chunk = max(lanes, -(-chunk // lanes) * lanes)
             body = split(body, names[-1], chunk)
             body = parallel(body, names[-1] + "_o")
     return L.Kernel(kernel.name, kernel.params, kernel.dims, body)
+
+
+def _vectorize_contiguous_reductions(body: L.Stmt, lanes: int) -> L.Stmt:
+    """Vectorizes innermost reduction loops `acc = acc op f(x[..., r])` that read memory
+    contiguously along r (sum/max over the last axis, softmax, layer_norm) when the
+    output itself is not vectorized along its last axis."""
+    from ubique.ir.loop_analysis import lane_coefficient, linear_index
+
+    for f in list(L.walk(body)):
+        if not (isinstance(f, L.For) and isinstance(f.body, L.Assign)):
+            continue
+        upd = f.body.value
+        if not (isinstance(upd, L.Binary) and upd.op in ("add", "max", "min", "mul") and upd.a == f.body.var):
+            continue
+        coeffs = {lane_coefficient(linear_index(n.buffer, n.indices), f.var.name, set())
+                  for n in L.walk(upd.b) if isinstance(n, L.Load)}
+        if 1 in coeffs and coeffs <= {0, 1} and _static(f.extent) >= lanes:
+            body = vectorize(body, f.var.name, 4 * lanes if _static(f.extent) >= 8 * lanes else 0)
+    return body
+
+
+def _contiguous(loop: L.For, var: str) -> bool:
+    """Every load and store in `loop` moves by 0 or 1 element per step of `var`."""
+    from ubique.ir.loop_analysis import lane_coefficient, linear_index
+
+    return all(lane_coefficient(linear_index(n.buffer, n.indices), var, set()) in (0, 1)
+               for n in L.walk(loop) if isinstance(n, (L.Load, L.Store)))
 
 
 def _parallel_fused(body: L.Stmt, names: list[str]) -> L.Stmt:

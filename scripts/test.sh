@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Installs ubique with its test dependencies (editable) and runs the whole test suite.
+# Extra arguments go to pytest, e.g.  bash scripts/test.sh -k matmul
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-system-deps.sh
+python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+export HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-ci}"
+exec python -m pytest -q -p no:cacheprovider "$@"
