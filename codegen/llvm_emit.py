@@ -567,7 +567,8 @@ class FunctionEmitter:
     def vector_loop(self, s: L.For):
         """Vector iterations at the requested width, then at the register width, then scalars."""
         base = self.m.lanes_for(s)
-        widths = [s.lanes, base] if s.lanes > base else [base]
+        # the requested width, the register width, then half of it for short tails
+        widths = ([s.lanes] if s.lanes > base else []) + [base] + ([base // 2] if base >= 8 else [])
         extent = self.expr(s.extent)
         static = s.extent.value if isinstance(s.extent, L.Const) else None
         name = s.var.name

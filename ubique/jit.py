@@ -37,7 +37,8 @@ class JitFunction:
         functools.update_wrapper(self, fn)
         self.fn = fn
         self.target = target
-        self._params = list(inspect.signature(fn).parameters)
+        self._signature = inspect.signature(fn)
+        self._params = list(self._signature.parameters)
         self._cache: dict[tuple, tuple] = {}  # spec -> (executable, output structure)
 
     def _spec(self, args) -> tuple:
@@ -71,13 +72,26 @@ class JitFunction:
         tracer.graph.outputs = outputs
         return tracer.graph, structure
 
-    def lower(self, *args) -> Lowered:
+    def _positional(self, args, kwargs) -> tuple:
+        if not kwargs:
+            return args
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TraceError(f"{self.__name__}: {e}") from None
+        bound.apply_defaults()
+        return bound.args
+
+    def lower(self, *args, **kwargs) -> Lowered:
+        args = self._positional(args, kwargs)
         graph, structure = self.trace(*args)
         program = _build.compile_program(graph, self.target)
         self._cache[self._spec(args)] = (_build.build(graph, self.target), structure)
         return Lowered(program)
 
-    def __call__(self, *args):
+    def __call__(self, *args, **kwargs):
+        if kwargs:
+            args = self._positional(args, kwargs)
         spec = self._spec(args)
         hit = self._cache.get(spec)
         if hit is None:
