@@ -46,6 +46,9 @@ def unroll(s, name): return set_kind(s, name, "unrolled")
 def split(s: L.Stmt, name: str, factor: int) -> L.Stmt:
     """for v < n  ->  for v.o < ceil(n/f): for v.i < min(f, n - v.o*f): body[v := v.o*f + v.i]
     (the inner extent shrinks for the last block, so no guard is needed)."""
+    if not isinstance(factor, int) or factor < 1:
+        raise VerifyError(f"schedule: split factor must be a positive int, got {factor!r}")
+
     def fn(f: L.For):
         outer, inner = L.Var(name + "_o"), L.Var(name + "_i")
         n = f.extent
@@ -65,6 +68,8 @@ def fuse(s: L.Stmt, outer_name: str, inner_name: str) -> L.Stmt:
         inner = f.body
         if not (isinstance(inner, L.For) and inner.var.name == inner_name):
             raise VerifyError(f"schedule: fuse needs {inner_name!r} directly inside {outer_name!r}")
+        if any(isinstance(v, L.Var) and v.name == outer_name for v in L.walk(inner.extent)):
+            raise VerifyError(f"schedule: cannot fuse: the extent of {inner_name!r} depends on {outer_name!r}")
         fused = L.Var(f"{outer_name}_{inner_name}")
         body = L.substitute(inner.body, {f.var: fused // inner.extent, inner.var: fused % inner.extent})
         return L.For(fused, f.extent * inner.extent, body, f.kind, f.lanes)
@@ -190,6 +195,9 @@ def _register_tile(body, names, cols, lanes, threads, parallel_ok):
 def peel(s: L.Stmt, name: str, factor: int) -> L.Stmt:
     """for v < n (static)  ->  for v_o < n//f: for v_i < f: body[v := v_o*f + v_i]
     followed by  for v_r < n%f: body[v := (n//f)*f + v_r]  (every inner extent is constant)."""
+    if not isinstance(factor, int) or factor < 1:
+        raise VerifyError(f"schedule: peel factor must be a positive int, got {factor!r}")
+
     def fn(f: L.For):
         n = _static(f.extent, 0)
         outer, inner, rest = L.Var(name + "_o"), L.Var(name + "_i"), L.Var(name + "_r")

@@ -114,6 +114,7 @@ class Graph:
         from ubique.ir.registry import get_op
 
         opdef = get_op(op)
+        opdef.check_arity(len(inputs))
         attrs = opdef.check_attrs(attrs or {})
         out_types = opdef.infer([v.type for v in inputs], attrs)
         node = Node(op, inputs, attrs, [], loc)

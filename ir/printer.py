@@ -34,9 +34,10 @@ def print_graph(g: Graph) -> str:
     outs = ", ".join(value_name(v) for v in g.outputs)
     lines = [f"graph {g.name}({ins}) -> ({outs}) {{"]
     for n in g.nodes:
-        defaults = {k: a.default for k, a in get_op(n.op).attrs.items()}
-        shown = [f"{k}={format_attr(v)}" for k, v in n.attrs.items()
-                 if isinstance(v, np.ndarray) or v != defaults.get(k)]
+        specs = get_op(n.op).attrs
+        order = list(specs) + [k for k in n.attrs if k not in specs]
+        shown = [f"{k}={format_attr(n.attrs[k])}" for k in order if k in n.attrs
+                 and (isinstance(n.attrs[k], np.ndarray) or k not in specs or n.attrs[k] != specs[k].default)]
         attrs = f" {{{', '.join(shown)}}}" if shown else ""
         res = ", ".join(value_name(v) for v in n.outputs)
         types = ", ".join(str(v.type) for v in n.outputs)

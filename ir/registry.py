@@ -67,7 +67,8 @@ def _coerce(op: str, name: str, spec: Attr, value):
         if t == "dtype":
             return dtype_of(value)
         if t == "array":
-            return np.asarray(value)
+            a = np.asarray(value)
+            return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
         if t == "int_or_none":
             return None if value is None else int(value)
         if t == "any":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 
 import numpy as np
@@ -31,7 +32,7 @@ def _dec_attr(v):
         if "array" in v:
             a = v["array"]
             dt = dtype_of(a["dtype"]).to_numpy()
-            data = base64.b64decode(a["data"])
+            data = base64.b64decode(a["data"], validate=True)
             return np.frombuffer(data, dtype=dt).reshape(a["shape"]).copy()
         if "dtype" in v:
             return dtype_of(v["dtype"])
@@ -44,19 +45,29 @@ def _type(v: Value) -> dict:
     return {"shape": list(v.shape), "dtype": v.dtype.short}
 
 
-def graph_to_dict(g: Graph) -> dict:
+def graph_to_dict(g: Graph, locations: bool = True) -> dict:
+    """The JSON-ready form; `locations=False` leaves out source locations (for hashing)."""
     return {
         "format": FORMAT, "version": VERSION, "name": g.name,
         "inputs": [{"id": v.id, "name": v.name, **_type(v)} for v in g.inputs],
         "nodes": [{"op": n.op, "inputs": [v.id for v in n.inputs],
                    "attrs": {k: _enc_attr(a) for k, a in n.attrs.items()},
                    "outputs": [{"id": v.id, **_type(v)} for v in n.outputs],
-                   **({"loc": n.loc} if n.loc else {})} for n in g.nodes],
+                   **({"loc": n.loc} if n.loc and locations else {})} for n in g.nodes],
         "outputs": [v.id for v in g.outputs],
     }
 
 
+def _shape(v) -> tuple:
+    shape = v["shape"]
+    if not isinstance(shape, list) or not all(isinstance(x, str) or (isinstance(x, int) and x >= 0) for x in shape):
+        raise VerifyError(f"malformed graph JSON: shape {shape!r} must be a list of non-negative ints or names")
+    return tuple(shape)
+
+
 def graph_from_dict(d: dict) -> Graph:
+    if not isinstance(d, dict):
+        raise VerifyError(f"malformed graph JSON: expected an object, got {type(d).__name__}")
     if d.get("format") != FORMAT:
         raise VerifyError(f"not a ubique graph (format {d.get('format')!r}, expected {FORMAT!r})")
     if d.get("version") != VERSION:
@@ -71,18 +82,18 @@ def graph_from_dict(d: dict) -> Graph:
 
     try:
         for v in d["inputs"]:
-            values[v["id"]] = val = Value(v["id"], TensorType(tuple(v["shape"]), v["dtype"]), None, v["name"])
+            values[v["id"]] = val = Value(v["id"], TensorType(_shape(v), v["dtype"]), None, v["name"])
             g.inputs.append(val)
         for nd in d["nodes"]:
             node = Node(nd["op"], [lookup(i) for i in nd["inputs"]],
                         {k: _dec_attr(a) for k, a in nd["attrs"].items()}, [], nd.get("loc"))
             for o in nd["outputs"]:
-                values[o["id"]] = val = Value(o["id"], TensorType(tuple(o["shape"]), o["dtype"]), node)
+                values[o["id"]] = val = Value(o["id"], TensorType(_shape(o), o["dtype"]), node)
                 node.outputs.append(val)
             g.nodes.append(node)
         g.outputs = [lookup(i) for i in d["outputs"]]
-    except (KeyError, TypeError) as e:
-        raise VerifyError(f"malformed graph JSON: missing or wrong field {e}") from None
+    except (KeyError, TypeError, AttributeError, ValueError, binascii.Error) as e:
+        raise VerifyError(f"malformed graph JSON: {type(e).__name__}: {e}") from None
     g._next_id = max(values, default=-1) + 1
     from ubique.ir.verify import verify_graph
 
@@ -90,8 +101,8 @@ def graph_from_dict(d: dict) -> Graph:
     return g
 
 
-def dumps(g: Graph) -> str:
-    return json.dumps(graph_to_dict(g), sort_keys=True, separators=(",", ":"))
+def dumps(g: Graph, locations: bool = True) -> str:
+    return json.dumps(graph_to_dict(g, locations), sort_keys=True, separators=(",", ":"))
 
 
 def loads(text: str) -> Graph:

@@ -85,6 +85,13 @@ class DiskCache:
         _remove(entry)
         return None
 
+    def remove(self, key: str) -> None:
+        """Deletes an entry (if present), e.g. one that verified but failed to load."""
+        _check_key(key)
+        entry = self.entry_path(key)
+        if entry.exists():
+            _remove(entry)
+
     def put(self, key: str, files: dict[str, bytes], meta: dict[str, Any]) -> Path:
         """Store `files` (name -> content) and JSON-serialisable `meta` under `key`.
 

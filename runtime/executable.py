@@ -55,6 +55,8 @@ class Executable:
         for a, (name, shape, dtype) in zip(arrays, specs):
             if type(a) is not np.ndarray:
                 a = np.asarray(a)
+            if a.dtype != dtype and not a.dtype.isnative and a.dtype.newbyteorder("=") == dtype:
+                a = a.astype(dtype)  # same values, native byte order
             if a.dtype != dtype:
                 raise DTypeError(f"input {name!r}: expected dtype {dtype}, got {a.dtype}")
             if a.shape != shape:

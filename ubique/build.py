@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ubique.compiler.pipeline import COMPILER_REVISION, Program, Signature, compile_graph
+from ubique.errors import UbiqueError
 from ubique.ir.dtypes import dtype_of
 from ubique.ir.graph import Graph
 from ubique.ir.serialize import dumps
@@ -58,7 +59,7 @@ def compiler_fingerprint() -> str:
 def graph_key(graph: Graph, target: Target) -> str:
     h = hashlib.sha256()
     h.update(f"{compiler_fingerprint()}|{target.key}|".encode())
-    h.update(dumps(graph).encode())
+    h.update(dumps(graph, locations=False).encode())
     return h.hexdigest()
 
 
@@ -82,11 +83,18 @@ def build(graph: Graph, target=None) -> Executable:
     if ex is not None:
         _stats["memory_hits"] += 1
         return ex
-    entry = DiskCache("modules").get(key)
+    cache = DiskCache("modules")
+    entry = cache.get(key)
+    ex = None
     if entry is not None:
-        ex = _load_entry(entry)
-        _stats["disk_hits"] += 1
-    else:
+        try:
+            ex = _load_entry(entry)
+            _stats["disk_hits"] += 1
+        except (OSError, ValueError, KeyError, UbiqueError):
+            # verified bytes that still do not load (built for another machine, truncated
+            # before hashing...): never trusted, rebuilt below
+            cache.remove(key)
+    if ex is None:
         program = compile_graph(graph, target)
         _stats["compiled"] += 1
         ex = _store(key, program)

@@ -43,13 +43,14 @@ class JitFunction:
 
     def _spec(self, args) -> tuple:
         spec = []
-        for a in args:
+        for k, a in enumerate(args):
             if _is_array(a):
                 spec.append((a.shape, a.dtype))
             elif isinstance(a, (bool, int, float)):
                 spec.append(("static", type(a), a))  # Python numbers are baked in as constants
             else:
-                raise TraceError(f"{self.__name__}: arguments must be numpy arrays or Python numbers, "
+                name = self._params[k] if k < len(self._params) else f"#{k}"
+                raise TraceError(f"{self.__name__}: argument {name!r} must be a numpy array or a Python number, "
                                  f"got {type(a).__name__}")
         return tuple(spec)
 

@@ -19,6 +19,16 @@ from ubique.ir.ops_shape import slice_extent
 __all__ = ["apply", "neg", "abs", "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "erf", "sin", "cos", "relu", "gelu", "add", "sub", "mul", "div", "pow", "maximum", "minimum", "equal", "not_equal", "less", "less_equal", "greater", "greater_equal", "subtract", "multiply", "divide", "power", "where", "cast", "astype", "sum", "mean", "max", "min", "prod", "argmax", "argmin", "matmul", "reshape", "transpose", "broadcast_to", "concat", "concatenate", "expand_dims", "squeeze", "pad", "getitem", "softmax", "log_softmax", "layer_norm", "conv2d", "max_pool2d", "avg_pool2d", "global_avg_pool"]
 
 
+def _located(e: Exception) -> Exception:
+    """Adds the user's file:line to an error raised while preparing an op."""
+    from ubique.compiler.tracer import user_location
+
+    loc = user_location()
+    if loc and " (at " not in str(e):
+        e.args = (f"{e} (at {loc})",) + e.args[1:]
+    return e
+
+
 def _peer_dtype(args) -> DType | None:
     for a in args:
         if isinstance(a, Tensor):
@@ -151,11 +161,11 @@ def reshape(x, shape):
     src = _shape_of(x)
     size = int(np.prod(src, dtype=np.int64))
     if shape.count(-1) > 1:
-        raise ShapeError(f"reshape: only one dimension may be -1, got {shape}")
+        raise _located(ShapeError(f"reshape: only one dimension may be -1, got {shape}"))
     if -1 in shape:
         known = int(np.prod([s for s in shape if s != -1], dtype=np.int64))
         if known == 0 or size % known:
-            raise ShapeError(f"reshape: cannot reshape {src} into {shape}")
+            raise _located(ShapeError(f"reshape: cannot reshape {src} into {shape}"))
         shape = tuple(size // known if s == -1 else s for s in shape)
     return apply("reshape", [x], shape=shape)
 
@@ -171,7 +181,7 @@ def broadcast_to(x, shape):
 def concat(xs, axis: int = 0):
     """numpy.concatenate."""
     if not xs:
-        raise ShapeError("concat needs at least one tensor")
+        raise _located(ShapeError("concat needs at least one tensor"))
     return apply("concat", list(xs), axis=axis)
 
 
@@ -193,7 +203,7 @@ def squeeze(x, axis=None):
     axes = {a % len(shape) for a in axes}
     for a in axes:
         if shape[a] != 1:
-            raise ShapeError(f"squeeze: axis {a} has size {shape[a]}, not 1")
+            raise _located(ShapeError(f"squeeze: axis {a} has size {shape[a]}, not 1"))
     return reshape(x, [d for k, d in enumerate(shape) if k not in axes])
 
 
@@ -209,14 +219,14 @@ def getitem(x, key):
     if not isinstance(key, tuple):
         key = (key,)
     if any(isinstance(k, (Tensor, np.ndarray, list)) for k in key):
-        raise UnsupportedOpError("indexing with arrays or tensors (advanced indexing) is not supported; "
-                                 "use slices, ints, None or ub.where")
+        raise _located(UnsupportedOpError("indexing with arrays or tensors (advanced indexing) is not "
+                                          "supported; use slices, ints, None or ub.where"))
     shape = _shape_of(x)
     n_real = len([k for k in key if k is not None and k is not Ellipsis])
     if n_real > len(shape):
-        raise ShapeError(f"too many indices ({n_real}) for a tensor of rank {len(shape)}")
+        raise _located(ShapeError(f"too many indices ({n_real}) for a tensor of rank {len(shape)}"))
     if key.count(Ellipsis) > 1:
-        raise ShapeError("an index can only have a single ellipsis")
+        raise _located(ShapeError("an index can only have a single ellipsis"))
     if Ellipsis in key:
         k = key.index(Ellipsis)
         key = key[:k] + (slice(None),) * (len(shape) - n_real) + key[k + 1:]
@@ -236,11 +246,11 @@ def getitem(x, key):
         elif isinstance(k, numbers.Integral):
             i = int(k)
             if not -d <= i < d:
-                raise ShapeError(f"index {i} is out of bounds for axis {axis} with size {d}")
+                raise _located(ShapeError(f"index {i} is out of bounds for axis {axis} with size {d}"))
             i %= d
             begin.append(i); end.append(i + 1); step.append(1)
         else:
-            raise UnsupportedOpError(f"cannot index with {type(k).__name__}")
+            raise _located(UnsupportedOpError(f"cannot index with {type(k).__name__}"))
         axis += 1
     y = x
     if (tuple(begin), tuple(end), tuple(step)) != ((0,) * len(shape), tuple(shape), (1,) * len(shape)):

@@ -1,0 +1,138 @@
+"""CPU code generation: vector width follows the target (LLVM IR vector types and the
+registers in the assembly), for the host and for explicitly narrower x86-64 targets."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import ubique as ub
+from ubique.targets import Target, host_target
+
+HOST = host_target()
+IS_X86 = HOST.triple.startswith("x86_64")
+HAS_AVX2 = "+avx2" in HOST.features.split(",")
+VECTOR_REGS = {512: "zmm", 256: "ymm", 128: "xmm"}
+
+
+def elementwise(x):
+    return ub.exp(x) * 2.0 + x
+
+
+def vector_types(llvm_ir: str) -> set[str]:
+    return set(re.findall(r"<\d+ x [a-z0-9]+>", llvm_ir))
+
+
+def registers(asm: str) -> set[str]:
+    return set(re.findall(r"%([xyz]mm)\d+", asm))
+
+
+def lowered(fn, dtype, target=None, shape=(64, 64)):
+    x = (np.arange(np.prod(shape)).reshape(shape) % 7).astype(dtype)
+    f = ub.jit(fn, target=target)
+    low = f.lower(x)
+    return low, f, x
+
+
+def _expected_lanes(bits, elem_bits):
+    return bits // elem_bits
+
+
+needs_wide_host = pytest.mark.skipif(HOST.vector_bits not in (256, 512),
+                                     reason=f"host has {HOST.vector_bits}-bit vectors (no AVX2/AVX-512)")
+
+
+def test_host_vector_bits_match_features():
+    feats = HOST.features.split(",")
+    if not IS_X86:
+        pytest.skip("x86-64 feature detection only")
+    if "+avx512f" in feats:
+        assert HOST.vector_bits == 512
+    elif "+avx2" in feats or "+avx" in feats:
+        assert HOST.vector_bits == 256
+    else:
+        assert HOST.vector_bits == 128
+
+
+@needs_wide_host
+def test_host_float32_elementwise_uses_full_width_vectors():
+    low, f, x = lowered(elementwise, np.float32)
+    lanes = HOST.vector_bits // 32
+    assert f"<{lanes} x float>" in low.llvm_ir, sorted(vector_types(low.llvm_ir))
+    assert VECTOR_REGS[HOST.vector_bits] in registers(low.asm)
+    np.testing.assert_allclose(f(x), np.exp(x) * 2 + x, rtol=1e-6)
+
+
+@needs_wide_host
+def test_host_float64_elementwise_uses_full_width_vectors():
+    low, f, x = lowered(elementwise, np.float64)
+    lanes = HOST.vector_bits // 64
+    assert f"<{lanes} x double>" in low.llvm_ir, sorted(vector_types(low.llvm_ir))
+    assert VECTOR_REGS[HOST.vector_bits] in registers(low.asm)
+    np.testing.assert_allclose(f(x), np.exp(x) * 2 + x, rtol=1e-12)
+
+
+@pytest.mark.skipif(HOST.vector_bits != 512, reason="host has no AVX-512")
+def test_avx512_vector_types():
+    f32, _, _ = lowered(elementwise, np.float32)
+    f64, _, _ = lowered(elementwise, np.float64)
+    assert "<16 x float>" in f32.llvm_ir and "zmm" in registers(f32.asm)
+    assert "<8 x double>" in f64.llvm_ir and "zmm" in registers(f64.asm)
+
+
+@needs_wide_host
+def test_host_int32_and_float16_vectors():
+    def add_mul(x):
+        return x * x + x
+
+    low, f, x = lowered(add_mul, np.int32)
+    assert f"<{HOST.vector_bits // 32} x i32>" in low.llvm_ir, sorted(vector_types(low.llvm_ir))
+    np.testing.assert_array_equal(f(x), x * x + x)
+    # float16 is loaded as half, computed in float32, with float32-wide vectors
+    low, f, x = lowered(add_mul, np.float16)
+    lanes = HOST.vector_bits // 32
+    assert f"<{lanes} x half>" in low.llvm_ir and f"<{lanes} x float>" in low.llvm_ir, \
+        sorted(vector_types(low.llvm_ir))
+    np.testing.assert_array_equal(f(x), x * x + x)
+
+
+def _narrow_target(bits: int) -> Target:
+    if bits == 128:
+        return Target(name="x86_64", triple=HOST.triple, cpu="x86-64", features="", vector_bits=128)
+    return Target(name="x86_64", triple=HOST.triple, cpu="haswell", features="+avx,+avx2,+fma,+f16c",
+                  vector_bits=256)
+
+
+@pytest.mark.skipif(not IS_X86, reason="x86-64 targets")
+@pytest.mark.parametrize("bits", [128, 256])
+@pytest.mark.parametrize("dtype,elem,bits_per", [(np.float32, "float", 32), (np.float64, "double", 64)])
+def test_explicit_target_sets_vector_width(bits, dtype, elem, bits_per):
+    if bits == 256 and not HAS_AVX2:
+        pytest.skip("host cannot run AVX2 code")
+    target = _narrow_target(bits)
+    low, f, x = lowered(elementwise, dtype, target=target)
+    types = vector_types(low.llvm_ir)
+    assert f"<{bits // bits_per} x {elem}>" in types, sorted(types)
+    wider = [t for t in types if int(t[1:].split(" x ")[0]) * bits_per > bits and elem in t]
+    assert not wider, f"vectors wider than the {bits}-bit target: {wider}"
+    regs = registers(low.asm)
+    assert VECTOR_REGS[bits] in regs
+    assert "zmm" not in regs and (bits == 256 or "ymm" not in regs)
+    np.testing.assert_allclose(f(x), np.exp(x) * 2 + x, rtol=1e-6)
+
+
+def test_kernels_and_entry_are_defined():
+    @ub.jit
+    def two_kernels(x, w):
+        return ub.exp(x) @ w
+
+    x, w = np.ones((4, 8), np.float32), np.ones((8, 3), np.float32)
+    low = two_kernels.lower(x, w)
+    assert low.num_kernels == 2
+    defined = set(re.findall(r"define\s[^@]*@\"?([\w.]+)\"?\(", low.llvm_ir))
+    kernels = set(re.findall(r"^kernel (\w+)\(", low.loop_ir, re.M))
+    assert len(kernels) == 2 and kernels <= defined, (kernels, defined)
+    assert any(name.endswith("_run") for name in defined)
+    for name in kernels:
+        assert re.search(rf"^\"?{re.escape(name)}\"?:", low.asm, re.M), name
