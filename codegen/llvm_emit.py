@@ -366,20 +366,52 @@ class FunctionEmitter:
         flat = linear_index(buf, e.indices)
         base = self.buffers[buf.name]
         st = storage_type(buf.dtype)
+        mask = None if e.mask is None else self.expr(e.mask)
+        other = None if e.mask is None else self.to_storage(self.expr(e.other), buf.dtype)
         if self.lanes:
+            lanes = self.lanes
             coeff = lane_coefficient(flat, self.vec_var, self.varying_names())
-            if coeff == 1:
-                ptr = self.b.gep(base, [self.scalar_index(flat)])
-                raw = self.b.load(self.b.bitcast(ptr, ir.VectorType(st, self.lanes).as_pointer()),
-                                  align=buf.dtype.itemsize)
-                return self.from_storage(raw, buf.dtype, self.lanes)
-            if coeff != 0:
-                idx = self.expr(flat)
-                idx = self.splat(idx, self.lanes)
-                raw = self.per_lane(lambda i: self.b.load(self.b.gep(base, [i])), [idx], self.lanes, st)
-                return self.from_storage(raw, buf.dtype, self.lanes)
-        raw = self.b.load(self.b.gep(base, [self.expr(flat)]))
+            varying_mask = mask is not None and isinstance(mask.type, ir.VectorType)
+            if coeff == 1 or coeff != 0 or varying_mask:
+                vt = ir.VectorType(st, lanes)
+                vmask = self.splat(mask, lanes) if mask is not None else ir.Constant(ir.VectorType(I1, lanes), [1] * lanes)
+                passthru = self.splat(other, lanes) if other is not None else ir.Constant(vt, ir.Undefined)
+                align = ir.Constant(I32, buf.dtype.itemsize)
+                if coeff == 1:
+                    ptr = self.b.bitcast(self.b.gep(base, [self.scalar_index(flat)]), vt.as_pointer())
+                    if mask is None:
+                        raw = self.b.load(ptr, align=buf.dtype.itemsize)
+                    else:
+                        fn = self.m.declare(f"llvm.masked.load.v{lanes}{_scalar_name(st)}.p0",
+                                            ir.FunctionType(vt, [vt.as_pointer(), I32, vmask.type, vt]))
+                        raw = self.b.call(fn, [ptr, align, vmask, passthru])
+                else:
+                    idx = self.splat(self.expr(flat), lanes)
+                    ptrs = self.vector_pointers(base, idx, st, lanes)
+                    fn = self.m.declare(f"llvm.masked.gather.v{lanes}{_scalar_name(st)}.v{lanes}p0",
+                                        ir.FunctionType(vt, [ptrs.type, I32, vmask.type, vt]))
+                    raw = self.b.call(fn, [ptrs, align, vmask, passthru])
+                return self.from_storage(raw, buf.dtype, lanes)
+        if mask is None:
+            raw = self.b.load(self.b.gep(base, [self.expr(flat)]))
+        else:  # the memory must not be touched where the mask is false: branch
+            with self.b.if_else(mask) as (then, otherwise):
+                with then:
+                    loaded = self.b.load(self.b.gep(base, [self.expr(flat)]))
+                    then_block = self.b.block
+                with otherwise:
+                    else_block = self.b.block
+            raw = self.b.phi(st)
+            raw.add_incoming(loaded, then_block)
+            raw.add_incoming(other, else_block)
         return self.from_storage(raw, buf.dtype, 0)
+
+    def vector_pointers(self, base, idx, st, lanes):
+        """<lanes x T*> for base + idx (a vector of element indices)."""
+        vi64 = ir.VectorType(I64, lanes)
+        size = ir.Constant(vi64, [max(1, _bits(st) // 8)] * lanes)
+        addr = self.b.add(self.splat(self.b.ptrtoint(base, I64), lanes), self.b.mul(idx, size))
+        return self.b.inttoptr(addr, ir.VectorType(st.as_pointer(), lanes))
 
     def from_storage(self, raw, dt: DType, lanes):
         if dt is DType.float16:
@@ -632,6 +664,10 @@ def _nonneg(e: L.Expr) -> bool:
     if isinstance(e, L.Binary) and e.op in ("add", "mul", "floordiv", "mod", "min", "max"):
         return _nonneg(e.a) and _nonneg(e.b)
     return False
+
+
+def _bits(t) -> int:
+    return {F32: 32, F64: 64, F16: 16}.get(t, getattr(t, "width", 0))
 
 
 def _scalar_name(t):

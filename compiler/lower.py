@@ -56,19 +56,23 @@ def lower_group(group: Group, name: str) -> LoweredKernel:
             inputs.append(v)
         return params[v.id]
 
-    def read(v: Value, index) -> L.Expr:
-        if _is_scalar_constant(v):
-            return L.Const(v.node.attrs["value"].reshape(-1)[0].item(), v.dtype)
-        if v.node is not None and id(v.node) in members:
-            return compute(v.node, index)
+    def read(v: Value, index, mask=None, other=None) -> L.Expr:
         if len(index) != v.type.rank:
             raise VerifyError(f"lowering {name}: {v} read with {len(index)} indices")
-        return L.Load(buffer_for(v), index)
+        if _is_scalar_constant(v):
+            value = L.Const(v.node.attrs["value"].reshape(-1)[0].item(), v.dtype)
+        elif v.node is not None and id(v.node) in members:
+            if mask is not None:  # an inlined producer must only see in-range indices
+                index = [L.emin(L.emax(i, 0), dim_expr(d) - 1) for i, d in zip(index, v.shape)]
+            value = compute(v.node, index)
+        else:
+            return L.Load(buffer_for(v), index, mask, other)
+        return value if mask is None else L.select(mask, value, other)
 
     def compute(node, index) -> L.Expr:
         opdef = get_op(node.op)
         ctx = ComputeContext([v.type for v in node.inputs], node.output.type, node.attrs,
-                             lambda i, ix: read(node.inputs[i], ix), names.fresh)
+                             lambda i, ix, mask, other: read(node.inputs[i], ix, mask, other), names.fresh)
         return opdef.compute(ctx, tuple(index))
 
     out_v = group.root.output

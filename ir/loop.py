@@ -146,11 +146,18 @@ INTRINSICS = ("neg", "abs", "exp", "log", "sqrt", "rsqrt", "tanh", "erf", "sin",
 
 
 class Load(Expr):
-    __slots__ = ("buffer", "indices")
-    _fields = ("buffer", "indices")
+    """buffer[indices]; with a `mask`, the value is `other` where the mask is false and the
+    memory is not touched there (so the indices may then be out of range)."""
+    __slots__ = ("buffer", "indices", "mask", "other")
+    _fields = ("buffer", "indices", "mask", "other")
 
-    def __init__(self, buffer: "Buffer", indices: Sequence[Expr]):
+    def __init__(self, buffer: "Buffer", indices: Sequence[Expr], mask: Expr | None = None,
+                 other: Expr | None = None):
         self.buffer, self.indices, self.dtype = buffer, tuple(as_expr(i) for i in indices), buffer.dtype
+        if mask is not None and isinstance(mask, Const) and mask.value:
+            mask = None
+        self.mask = mask
+        self.other = None if mask is None else (other if other is not None else Const(0, buffer.dtype))
 
 
 class Reduce(Expr):
@@ -377,7 +384,9 @@ class Mutator:
         if isinstance(n, Select): return Select(self.visit(n.cond), self.visit(n.a), self.visit(n.b))
         if isinstance(n, Cast): return Cast(n.dtype, self.visit(n.a))
         if isinstance(n, Call): return Call(n.name, [self.visit(a) for a in n.args], n.dtype)
-        if isinstance(n, Load): return Load(n.buffer, [self.visit(i) for i in n.indices])
+        if isinstance(n, Load):
+            return Load(n.buffer, [self.visit(i) for i in n.indices],
+                        None if n.mask is None else self.visit(n.mask), None if n.other is None else self.visit(n.other))
         if isinstance(n, Reduce):
             return Reduce(n.kind, [(v, self.visit(e)) for v, e in n.axes], self.visit(n.body), n.dtype)
         if isinstance(n, For): return For(n.var, self.visit(n.extent), self.visit(n.body), n.kind, n.lanes)

@@ -33,7 +33,8 @@ def print_expr(e: L.Expr, prec: int = 0) -> str:
     if isinstance(e, L.Call):
         return f"{e.name}({', '.join(print_expr(a) for a in e.args)})"
     if isinstance(e, L.Load):
-        return f"{e.buffer.name}[{', '.join(print_expr(i) for i in e.indices)}]"
+        ref = f"{e.buffer.name}[{', '.join(print_expr(i) for i in e.indices)}]"
+        return ref if e.mask is None else f"masked({ref}, {print_expr(e.mask)}, {print_expr(e.other)})"
     if isinstance(e, L.Reduce):
         axes = ", ".join(f"{v.name} < {print_expr(x)}" for v, x in e.axes)
         return f"{e.kind}[{axes}]({print_expr(e.body)})"

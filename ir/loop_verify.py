@@ -28,6 +28,9 @@ class _Verifier:
                 self.fail(f"variable {n.name!r} is used outside its scope")
             if isinstance(n, L.Load):
                 self.access(n.buffer, n.indices)
+                if n.mask is not None and (not n.mask.dtype.is_bool or n.other.dtype is not n.buffer.dtype):
+                    self.fail(f"masked load of {n.buffer.name} needs a bool mask and an other value of "
+                              f"dtype {n.buffer.dtype.short}")
             if isinstance(n, L.Reduce):
                 self.fail("Reduce must be lowered to loops before the kernel is final")
             if isinstance(n, (L.Binary, L.Compare)) and n.a.dtype is not n.b.dtype:

@@ -42,11 +42,10 @@ def _window_reads(idx_h, idx_w, kh, kw, attrs, H, W):
     (sh, sw), (dh, dw), (pt, pl, _, _) = attrs["stride"], attrs["dilation"], attrs["padding"]
     h = idx_h * sh + kh * dh - pt
     w = idx_w * sw + kw * dw - pl
-    inside = L.logical_and(L.logical_and(h.ge(0), h.lt(H)), L.logical_and(w.ge(0), w.lt(W)))
     if not (any(attrs["padding"]) or attrs.get("ceil_mode")):
         return h, w, L.Const(True, DType.bool)
-    # clamped so that taps outside the input still read memory inside it; `inside` masks them
-    return L.emin(L.emax(h, 0), H - 1), L.emin(L.emax(w, 0), W - 1), inside
+    # taps outside the input are read with a mask (they touch no memory)
+    return h, w, L.logical_and(L.logical_and(h.ge(0), h.lt(H)), L.logical_and(w.ge(0), w.lt(W)))
 
 
 # -- conv2d -------------------------------------------------------------------------------
@@ -78,9 +77,7 @@ def _conv_compute(ctx, idx):
     c, kh, kw = ctx.fresh("rc"), ctx.fresh("rh"), ctx.fresh("rw")
     ci = c if g == 1 else (o // opg) * cpg + c
     h, ww, inside = _window_reads(oh, ow, kh, kw, ctx.attrs, dim_expr(x.shape[2]), dim_expr(x.shape[3]))
-    xv = L.cast(d, ctx.input(0, (n, ci, h, ww)))
-    if not (isinstance(inside, L.Const) and inside.value):
-        xv = L.select(inside, xv, L.Const(0, d))
+    xv = L.cast(d, ctx.input_masked(0, (n, ci, h, ww), inside, 0))
     body = xv * L.cast(d, ctx.input(1, (o, c, kh, kw)))
     return L.Reduce("sum", [(c, dim_expr(cpg)), (kh, dim_expr(KH)), (kw, dim_expr(KW))], body, d)
 
@@ -113,21 +110,21 @@ def _pool_window(ctx, idx):
     kh, kw = ctx.fresh("rh"), ctx.fresh("rw")
     KH, KW = ctx.attrs["kernel"]
     h, w, inside = _window_reads(oh, ow, kh, kw, ctx.attrs, dim_expr(x.shape[2]), dim_expr(x.shape[3]))
-    return [(kh, dim_expr(KH)), (kw, dim_expr(KW))], ctx.input(0, (n, c, h, w)), inside, (kh, kw, oh, ow)
+    return [(kh, dim_expr(KH)), (kw, dim_expr(KW))], (n, c, h, w), inside, (kh, kw, oh, ow)
 
 
 def _max_pool_compute(ctx, idx):
-    axes, value, inside, _ = _pool_window(ctx, idx)
+    axes, at, inside, _ = _pool_window(ctx, idx)
     d = ctx.out_type.dtype
     lowest = -math.inf if d.is_float else (0 if not d.is_signed else -(2 ** (d.bits - 1)))
-    return L.Reduce("max", axes, L.select(inside, value, L.Const(lowest, d)), d)
+    return L.Reduce("max", axes, ctx.input_masked(0, at, inside, lowest), d)
 
 
 def _avg_pool_compute(ctx, idx):
-    axes, value, inside, (kh, kw, oh, ow) = _pool_window(ctx, idx)
+    axes, at, inside, (kh, kw, oh, ow) = _pool_window(ctx, idx)
     d = ctx.out_type.dtype
     acc = float_result(d) if d is not DType.float16 and d is not DType.bfloat16 else DType.float32
-    total = L.Reduce("sum", axes, L.select(inside, L.cast(acc, value), L.Const(0, acc)), acc)
+    total = L.Reduce("sum", axes, L.cast(acc, ctx.input_masked(0, at, inside, 0)), acc)
     if ctx.attrs["count_include_pad"]:
         # taps inside input + padding count; taps beyond the padding (ceil_mode) do not
         x = ctx.in_types[0]

@@ -103,9 +103,10 @@ def _concat_compute(ctx, idx):
         size = t.shape[axis]
         if size == 0:
             continue
-        # clamp so that the not-selected branches still read inside their buffer
-        local = L.emin(L.emax(idx[axis] - offset, 0), size - 1)
-        read = L.cast(d, ctx.input(n, tuple(idx[:axis]) + (local,) + tuple(idx[axis + 1:])))
+        # each part is read only where it is selected
+        local = idx[axis] - offset
+        where = L.logical_and(idx[axis].ge(offset), idx[axis].lt(offset + size))
+        read = L.cast(d, ctx.input_masked(n, tuple(idx[:axis]) + (local,) + tuple(idx[axis + 1:]), where, 0))
         parts.append((offset + size, read))
         offset += size
     expr = parts[-1][1]
@@ -171,7 +172,7 @@ def _pad_compute(ctx, idx):
             continue
         if mode == "constant":
             inside = L.logical_and(inside, L.logical_and(i.ge(0), i.lt(n)))
-            in_idx.append(L.emin(L.emax(i, 0), n - 1))
+            in_idx.append(i)
         elif mode == "edge":
             in_idx.append(L.emin(L.emax(i, 0), n - 1))
         else:  # reflect without repeating the edge: period 2(n-1)
@@ -181,10 +182,9 @@ def _pad_compute(ctx, idx):
             period = 2 * (n - 1)
             m = (i % period + period) % period
             in_idx.append(L.emin(m, period - m))
-    value = ctx.input(0, in_idx)
     if mode != "constant":
-        return value
-    return L.select(inside, value, L.Const(ctx.attrs["value"], t.dtype))
+        return ctx.input(0, in_idx)
+    return ctx.input_masked(0, in_idx, inside, L.Const(ctx.attrs["value"], t.dtype))
 
 
 register(OpDef("pad", "injective", _pad_infer,

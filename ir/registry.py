@@ -155,16 +155,22 @@ def _load_builtin_ops():
 class ComputeContext:
     """What an op's compute sees: input readers, types, attributes, fresh variables."""
 
-    def __init__(self, in_types, out_type, attrs, read: Callable[[int, tuple], L.Expr], fresh):
+    def __init__(self, in_types, out_type, attrs, read, fresh):
         self.in_types = in_types
         self.out_type = out_type
         self.attrs = attrs
-        self._read = read
+        self._read = read   # read(i, index, mask, other) -> Expr
         self.fresh = fresh  # fresh(prefix) -> L.Var
 
     def input(self, i: int, index) -> L.Expr:
         """Element of input `i` at `index` (a tuple of int64 expressions)."""
-        return self._read(i, tuple(index))
+        return self._read(i, tuple(index), None, None)
+
+    def input_masked(self, i: int, index, mask: L.Expr, other) -> L.Expr:
+        """Element of input `i` at `index` where `mask` holds, else `other`; `index` may be
+        out of range where the mask is false (padding, window borders, concat parts)."""
+        other = L.Const(other, self.in_types[i].dtype) if not isinstance(other, L.Expr) else other
+        return self._read(i, tuple(index), mask, other)
 
     def input_bcast(self, i: int, index) -> L.Expr:
         """Element of input `i` broadcast numpy-style to the output index."""
