@@ -188,8 +188,8 @@ class FunctionEmitter:
                         return call
                 return self.intrinsic("llvm.pow", [a, b])
             if op in ("max", "min"):  # numpy semantics: NaN in either operand propagates
-                pick_a = self.b.fcmp_unordered("ugt" if op == "max" else "ult", a, b)
-                a_nan = self.b.fcmp_unordered("uno", a, a)
+                pick_a = self.b.fcmp_ordered(">" if op == "max" else "<", a, b)
+                a_nan = self.b.fcmp_unordered("uno", a, a)  # else b: b's NaN propagates too
                 return self.b.select(self.b.or_(pick_a, a_nan), a, b)
             raise UnsupportedOpError(f"codegen: float op {op}")
         if dt.is_bool and op in ("and", "or", "xor"):

@@ -111,7 +111,20 @@ def promote(a: DType, b: DType) -> DType:
         if other is DType.float16:
             return DType.float32
         return DType.bfloat16 if other.bits <= 8 else DType.float32 if other.bits <= 16 else DType.float64
-    return dtype_of(np.promote_types(a.to_numpy(), b.to_numpy()))
+    return _supported(np.promote_types(a.to_numpy(), b.to_numpy()))
+
+
+# numpy results outside ubique's dtypes widen to the nearest supported one
+_WIDEN = {"int16": "int32", "uint16": "int32", "uint32": "int64", "uint64": "int64"}
+
+
+def _supported(npd: np.dtype) -> DType:
+    return dtype_of(_WIDEN.get(npd.name, npd.name))
+
+
+def true_divide_result(d: DType) -> DType:
+    """numpy's true division and mean: integer and bool inputs give float64."""
+    return d if d.is_float else DType.float64
 
 
 def float_result(d: DType) -> DType:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ubique.errors import DTypeError
 from ubique.ir import loop as L
-from ubique.ir.dtypes import DType, float_result, promote
+from ubique.ir.dtypes import DType, float_result, promote, true_divide_result
 from ubique.ir.registry import Attr, OpDef, broadcast_shapes, register
 from ubique.ir.graph import TensorType
 
@@ -41,7 +41,7 @@ _unary("sin", lambda x: L.call("sin", x))
 _unary("cos", lambda x: L.call("cos", x))
 _unary("sigmoid", lambda x: _one(x, 1.0) / (_one(x, 1.0) + L.call("exp", -x)), doc="1 / (1 + exp(-x))")
 _unary("neg", lambda x: -x, result=_same)
-_unary("abs", lambda x: L.call("abs", x), result=_same)
+_unary("abs", lambda x: x if x.dtype.is_bool else L.call("abs", x), result=lambda d: d)
 _unary("relu", lambda x: L.emax(x, _one(x, 0)), result=_same, doc="maximum(x, 0); NaN stays NaN")
 
 
@@ -66,16 +66,22 @@ def _binary(name, fn, result=None, operands=None, doc=""):
 def _no_bool(a, b):
     d = promote(a, b)
     if d.is_bool:
-        raise DTypeError("arithmetic on two bool tensors is not supported; cast to an int type first")
+        raise DTypeError("subtracting bool tensors is not supported (numpy raises too); use logical ops or cast")
     return d
 
 
-_binary("add", lambda a, b: a + b, operands=_no_bool)
+def _bool_pow(a, b):
+    d = promote(a, b)
+    return DType.int8 if d.is_bool else d  # numpy: True ** True is int8
+
+
+# on bools numpy's add is logical or and its mul is logical and
+_binary("add", lambda a, b: L.Binary("or", a, b) if a.dtype.is_bool else a + b)
 _binary("sub", lambda a, b: a - b, operands=_no_bool)
-_binary("mul", lambda a, b: a * b, operands=_no_bool)
-_binary("div", lambda a, b: a / b, operands=lambda a, b: float_result(_no_bool(a, b)),
-        doc="true division: integer inputs give a float result, as in numpy")
-_binary("pow", lambda a, b: L.binary("pow", a, b), operands=_no_bool,
+_binary("mul", lambda a, b: L.Binary("and", a, b) if a.dtype.is_bool else a * b)
+_binary("div", lambda a, b: a / b, operands=lambda a, b: true_divide_result(promote(a, b)),
+        doc="true division: integer and bool inputs give float64, as in numpy")
+_binary("pow", lambda a, b: L.binary("pow", a, b), operands=_bool_pow,
         doc="a ** b; for integers a negative exponent gives 0 (numpy raises)")
 _binary("maximum", L.emax, doc="numpy.maximum: NaN propagates")
 _binary("minimum", L.emin, doc="numpy.minimum: NaN propagates")

@@ -155,6 +155,8 @@ register(OpDef("global_avg_pool", "composite",
 
 # -- softmax family, layer_norm, gelu (composites) ------------------------------------------
 def _softmax_parts(g, x, axis):
+    if x.type.is_static and x.type.size == 0:  # nothing to normalise (max would have no identity)
+        return x, x, g.op("add", x, g.constant(1.0, x.dtype))
     m = g.op("max", x, axes=(axis,), keepdims=True)
     shifted = g.op("sub", x, m)
     e = g.op("exp", shifted)

@@ -1,9 +1,9 @@
 """Reductions (sum, prod, max, min, argmax, argmin, mean) and matmul."""
 from __future__ import annotations
 
-from ubique.errors import DTypeError, ShapeError
+from ubique.errors import ShapeError
 from ubique.ir import loop as L
-from ubique.ir.dtypes import DType, float_result, promote
+from ubique.ir.dtypes import DType, promote, true_divide_result
 from ubique.ir.graph import TensorType
 from ubique.ir.registry import Attr, OpDef, broadcast_shapes, dim_expr, normalize_axis, register
 
@@ -101,14 +101,14 @@ def _mean_decompose(g, inputs, attrs):
     for a in ax:
         count *= x.shape[a]
     s = g.op("sum", x, axes=attrs["axes"], keepdims=attrs["keepdims"])
-    out = float_result(x.dtype)
+    out = true_divide_result(x.dtype)
     return [g.op("div", g.op("cast", s, dtype=out) if s.dtype is not out else s, g.constant(count, out))]
 
 
 register(OpDef("mean", "composite",
                lambda ts, attrs: [TensorType(_reduced_shape("mean", ts[0], attrs["axes"], attrs["keepdims"])[0],
-                                             float_result(ts[0].dtype))],
-               attrs=dict(_AXES), decompose=_mean_decompose, doc="sum / count"))
+                                             true_divide_result(ts[0].dtype))],
+               attrs=dict(_AXES), decompose=_mean_decompose, doc="sum / count (float64 for integer inputs)"))
 
 
 # -- matmul --------------------------------------------------------------------------------
@@ -117,8 +117,6 @@ def _matmul_infer(ts, attrs):
     if a.rank == 0 or b.rank == 0:
         raise ShapeError("matmul: operands must have rank >= 1 (use mul for scalars)")
     d = promote(a.dtype, b.dtype)
-    if d.is_bool:
-        raise DTypeError("matmul of bool tensors is not supported; cast to an int or float type")
     ka = a.shape[-1]
     kb = b.shape[0] if b.rank == 1 else b.shape[-2]
     if ka != kb:
@@ -144,9 +142,12 @@ def _matmul_compute(ctx, idx):
 
     ai = bidx(a.shape[:-2]) + i + [k]
     bi = bidx(b.shape[:-2]) + [k] + j if b.rank >= 2 else [k]
-    prod = L.cast(d, ctx.input(0, ai)) * L.cast(d, ctx.input(1, bi))
-    return L.Reduce("sum", [(k, dim_expr(a.shape[-1]))], prod, d)
+    x, y = L.cast(d, ctx.input(0, ai)), L.cast(d, ctx.input(1, bi))
+    if d.is_bool:  # numpy: logical or over logical ands
+        return L.Reduce("max", [(k, dim_expr(a.shape[-1]))], L.Binary("and", x, y), d)
+    return L.Reduce("sum", [(k, dim_expr(a.shape[-1]))], x * y, d)
 
 
 register(OpDef("matmul", "reduce", _matmul_infer, compute=_matmul_compute, num_inputs=2,
-               doc="numpy.matmul: batched, broadcasting batch dims, 1-D operands promoted and squeezed"))
+               doc="numpy.matmul: batched, broadcasting batch dims, 1-D operands promoted and squeezed; "
+                   "bool matmul is any(a and b)"))

@@ -109,6 +109,8 @@ def _concat_compute(ctx, idx):
         read = L.cast(d, ctx.input_masked(n, tuple(idx[:axis]) + (local,) + tuple(idx[axis + 1:]), where, 0))
         parts.append((offset + size, read))
         offset += size
+    if not parts:  # every part is empty, and so is the output
+        return L.Const(0, d)
     expr = parts[-1][1]
     for end, read in reversed(parts[:-1]):
         expr = L.select(idx[axis].lt(end), read, expr)
