@@ -173,7 +173,12 @@ def _float_input(op):
 
 
 def _as_float(g, x):
+    """The input in the dtype a composite computes in: its float type, with float16 and
+    bfloat16 widened to float32 (row sums and variances overflow float16); the decompose
+    pass rounds the result back to the op's output dtype."""
     d = float_result(x.dtype)
+    if d in (DType.float16, DType.bfloat16):
+        d = DType.float32
     return x if x.dtype is d else g.op("cast", x, dtype=d)
 
 

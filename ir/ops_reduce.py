@@ -100,9 +100,12 @@ def _mean_decompose(g, inputs, attrs):
     count = 1
     for a in ax:
         count *= x.shape[a]
+    # accumulate like numpy: integers in float64 (no wrap-around), half precision in float32
+    acc = DType.float32 if x.dtype in (DType.float16, DType.bfloat16) else true_divide_result(x.dtype)
+    if x.dtype is not acc:
+        x = g.op("cast", x, dtype=acc)
     s = g.op("sum", x, axes=attrs["axes"], keepdims=attrs["keepdims"])
-    out = true_divide_result(x.dtype)
-    return [g.op("div", g.op("cast", s, dtype=out) if s.dtype is not out else s, g.constant(count, out))]
+    return [g.op("div", s, g.constant(count, acc))]
 
 
 register(OpDef("mean", "composite",

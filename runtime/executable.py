@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import tempfile
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ class Executable:
         native.lib()  # the runtime first: kernels resolve its symbols
         self.library = Path(library)
         self._dll = ctypes.CDLL(os.fspath(library), mode=os.RTLD_NOW | os.RTLD_LOCAL)
+        # unload the library when this executable is collected (the last user of its code)
+        weakref.finalize(self, _dlclose, self._dll._handle)
         try:
             address = ctypes.cast(getattr(self._dll, entry), ctypes.c_void_p).value
         except AttributeError:
@@ -82,6 +85,12 @@ class Executable:
             k += 1
         native.call_entry(self._entry, args, native.ffi.NULL, self.workspace_size)
         return outputs
+
+
+def _dlclose(handle: int) -> None:
+    import _ctypes
+
+    _ctypes.dlclose(handle)
 
 
 def _numpy_dtype(dt):

@@ -12,6 +12,7 @@ import hashlib
 import importlib
 import tempfile
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,10 @@ from ubique.targets.registry import get_target
 from ubique.targets.target import Target
 
 _lock = threading.Lock()
-_memory: dict[str, Executable] = {}
+# Most recently used executables; older ones are dropped (and their libraries unloaded
+# once nothing else holds them), so long-running processes do not accumulate mappings.
+MEMORY_CACHE_SIZE = 256
+_memory: "OrderedDict[str, Executable]" = OrderedDict()
 _stats = {"compiled": 0, "memory_hits": 0, "disk_hits": 0, "disk_writes": 0}
 _ALIGN = 64
 
@@ -70,8 +74,7 @@ def compile_program(graph: Graph, target=None) -> Program:
     _stats["compiled"] += 1
     key = graph_key(graph, target)
     executable = _store(key, program)
-    with _lock:
-        _memory[key] = executable
+    _remember(key, executable)
     return program
 
 
@@ -82,6 +85,7 @@ def build(graph: Graph, target=None) -> Executable:
     ex = _memory.get(key)
     if ex is not None:
         _stats["memory_hits"] += 1
+        _memory.move_to_end(key)
         return ex
     cache = DiskCache("modules")
     entry = cache.get(key)
@@ -98,9 +102,16 @@ def build(graph: Graph, target=None) -> Executable:
         program = compile_graph(graph, target)
         _stats["compiled"] += 1
         ex = _store(key, program)
+    _remember(key, ex)
+    return ex
+
+
+def _remember(key: str, ex: Executable) -> None:
     with _lock:
         _memory[key] = ex
-    return ex
+        _memory.move_to_end(key)
+        while len(_memory) > MEMORY_CACHE_SIZE:
+            _memory.popitem(last=False)
 
 
 def _store(key: str, program: Program) -> Executable:

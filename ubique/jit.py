@@ -15,6 +15,11 @@ from ubique.ir.dtypes import dtype_of
 from ubique.ir.graph import Graph, TensorType
 
 
+# specialisations kept per jitted function; older ones are recompiled (or reloaded from
+# the disk cache) when needed again
+SPECIALISATIONS = 128
+
+
 @dataclass
 class Lowered:
     """What the compiler made for one specialisation: every IR and the machine code."""
@@ -73,6 +78,14 @@ class JitFunction:
         tracer.graph.outputs = outputs
         return tracer.graph, structure
 
+    def _remember(self, spec, entry):
+        """Keeps the newest SPECIALISATIONS entries (dicts keep insertion order)."""
+        self._cache.pop(spec, None)
+        self._cache[spec] = entry
+        if len(self._cache) > SPECIALISATIONS:
+            del self._cache[next(iter(self._cache))]
+        return entry
+
     def _positional(self, args, kwargs) -> tuple:
         if not kwargs:
             return args
@@ -87,7 +100,7 @@ class JitFunction:
         args = self._positional(args, kwargs)
         graph, structure = self.trace(*args)
         program = _build.compile_program(graph, self.target)
-        self._cache[self._spec(args)] = (_build.build(graph, self.target), structure)
+        self._remember(self._spec(args), (_build.build(graph, self.target), structure))
         return Lowered(program)
 
     def __call__(self, *args, **kwargs):
@@ -97,7 +110,7 @@ class JitFunction:
         hit = self._cache.get(spec)
         if hit is None:
             graph, structure = self.trace(*args)
-            hit = self._cache[spec] = (_build.build(graph, self.target), structure)
+            hit = self._remember(spec, (_build.build(graph, self.target), structure))
         else:
             _build.count_memory_hit()
         executable, structure = hit
