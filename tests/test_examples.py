@@ -20,3 +20,16 @@ def test_demo_runs_and_matches_numpy():
     ub_acc, np_acc = map(float, re.match(r"test accuracy: ubique ([\d.]+), numpy ([\d.]+)", acc).groups())
     assert ub_acc == np_acc and ub_acc > 0.9, acc
     assert "compiled into" in out.stdout
+
+
+def test_cli_targets_and_cache(tmp_path):
+    env = dict(os.environ, UBIQUE_CACHE_DIR=str(tmp_path))
+    run = lambda *a: subprocess.run([sys.executable, "-m", "ubique.cli", *a], capture_output=True,  # noqa: E731
+                                    text=True, env=env, timeout=120)
+    out = run("targets")
+    assert out.returncode == 0 and "host:" in out.stdout and "registered:" in out.stdout
+    (tmp_path / "modules").mkdir()
+    (tmp_path / "modules" / "x").write_bytes(b"123")
+    out = run("cache", "--clear")
+    assert out.returncode == 0 and str(tmp_path) in out.stdout and not any(tmp_path.iterdir())
+    assert run("nonsense").returncode != 0

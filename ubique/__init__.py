@@ -8,7 +8,6 @@ from ubique.errors import (  # noqa: E402
 )
 from ubique.ir.dtypes import DType  # noqa: E402
 from ubique.ops import *  # noqa: E402,F401,F403
-from ubique.ops import __all__ as _ops_all  # noqa: E402
 from ubique.jit import JitFunction, Lowered, jit  # noqa: E402
 from ubique.build import build, cache_info  # noqa: E402
 from ubique.runtime.native import set_num_threads  # noqa: E402

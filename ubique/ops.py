@@ -16,7 +16,15 @@ from ubique.ir.dtypes import DType, dtype_of
 from ubique.ir.graph import TensorType
 from ubique.ir.ops_shape import slice_extent
 
-__all__ = ["apply", "neg", "abs", "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "erf", "sin", "cos", "relu", "gelu", "add", "sub", "mul", "div", "pow", "maximum", "minimum", "equal", "not_equal", "less", "less_equal", "greater", "greater_equal", "subtract", "multiply", "divide", "power", "where", "cast", "astype", "sum", "mean", "max", "min", "prod", "argmax", "argmin", "matmul", "reshape", "transpose", "broadcast_to", "concat", "concatenate", "expand_dims", "squeeze", "pad", "getitem", "softmax", "log_softmax", "layer_norm", "conv2d", "max_pool2d", "avg_pool2d", "global_avg_pool"]
+__all__ = [
+    "apply", "neg", "abs", "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "erf", "sin", "cos",
+    "relu", "gelu", "add", "sub", "mul", "div", "pow", "maximum", "minimum", "equal", "not_equal",
+    "less", "less_equal", "greater", "greater_equal", "subtract", "multiply", "divide", "power",
+    "where", "cast", "astype", "sum", "mean", "max", "min", "prod", "argmax", "argmin", "matmul",
+    "reshape", "transpose", "broadcast_to", "concat", "concatenate", "expand_dims", "squeeze",
+    "pad", "getitem", "softmax", "log_softmax", "layer_norm", "conv2d", "max_pool2d", "avg_pool2d",
+    "global_avg_pool",
+]
 
 
 def _located(e: Exception) -> Exception:
