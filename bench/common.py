@@ -4,6 +4,8 @@ from __future__ import annotations
 import statistics
 import time
 
+SETTLE_SECONDS = 0.25
+
 
 def timeit(fn, min_time: float = 0.05) -> float:
     """Seconds per call: calls are batched until a batch takes `min_time`."""
@@ -25,6 +27,9 @@ def compare(candidates: dict, rounds: int = 7) -> dict[str, float]:
     samples: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(rounds):
         for name, fn in candidates.items():
+            # thread pools (OpenBLAS's, ubique's) spin for a while after their last call;
+            # a pause lets them park so no candidate is timed against another's spinners
+            time.sleep(SETTLE_SECONDS)
             samples[name].append(timeit(fn))
     return {name: statistics.median(s) for name, s in samples.items()}
 

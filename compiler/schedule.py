@@ -176,10 +176,17 @@ def _parallel_fused(body: L.Stmt, names: list[str]) -> L.Stmt:
 
 
 def _register_tile(body, names, cols, lanes, threads, parallel_ok):
+    """Column panels of one wide vector outermost (the panel of the right-hand operand,
+    reduction length x panel width, stays in L2 while every row block uses it), then
+    blocks of ROWS rows unrolled and jammed around the panel's accumulators."""
     row, col = names[-2], names[-1]
-    body = vectorize(body, col, 4 * lanes if cols >= 4 * lanes else 0)
+    width = 4 * lanes if cols >= 4 * lanes else lanes
+    body = split(body, col, width)
+    col_o, col_i = col + "_o", col + "_i"
+    body = reorder(body, row, col_o)
+    body = vectorize(body, col_i, width if width > lanes else 0)
     body = peel(body, row, ROWS)
-    body = reorder(body, row + "_i", col)
+    body = reorder(body, row + "_i", col_i)
     body = unroll_jam(body, row + "_i")
     if parallel_ok:
         batch = 1
@@ -187,7 +194,7 @@ def _register_tile(body, names, cols, lanes, threads, parallel_ok):
             batch *= _static(find_loop(body, n).extent)
         if names[:-2] and batch >= threads:
             body = _parallel_fused(body, names[:-2])
-        else:
+        else:  # threads share each panel (each keeps a copy in its L2) and split its rows
             body = parallel(body, row + "_o")
     return body
 
