@@ -24,7 +24,7 @@ import numpy as np
 from ubique.errors import UnsupportedOpError
 from ubique.ir import loop as L
 from ubique.ir.dtypes import DType
-from ubique.ir.loop_analysis import lane_coefficient, linear_index
+from ubique.ir.loop_analysis import lane_coefficient, linear_index, reduction_identity, reduction_update
 
 I1, I8, I16, I32, I64 = (ir.IntType(n) for n in (1, 8, 16, 32, 64))
 F32, F64, F16 = ir.FloatType(), ir.DoubleType(), ir.HalfType()
@@ -344,7 +344,7 @@ class FunctionEmitter:
         if name in _LIBM:
             scalar_t = x.type.element if lanes else x.type
             cname = _LIBM[name][0 if scalar_t == F32 else 1]
-            fn = self.m.declare(cname, ir.FunctionType(scalar_t, [scalar_t]))
+            fn = self.m.declare(cname, ir.FunctionType(scalar_t, [scalar_t]), pure=True)
             return self.per_lane(lambda s: self.b.call(fn, [s]), [x], lanes, scalar_t)
         raise UnsupportedOpError(f"codegen: intrinsic {name}")
 
@@ -353,13 +353,26 @@ class FunctionEmitter:
         if name not in _LIBMVEC:
             return None
         elem = args[0].type.element
-        bits = lanes * (32 if elem == F32 else 64)
-        isa = {128: "b", 256: "d", 512: "e"}.get(bits)
-        if isa is None or bits > self.m.vector_bits:
+        elem_bits = 32 if elem == F32 else 64
+        width = min(lanes, self.m.vector_bits // elem_bits)  # lanes per call: one register
+        isa = {128: "b", 256: "d", 512: "e"}.get(width * elem_bits)
+        if isa is None or lanes % width:
             return None
-        symbol = f"_ZGV{isa}N{lanes}{'v' * len(args)}_{_LIBMVEC[name]}{'f' if elem == F32 else ''}"
-        fn = self.m.declare(symbol, ir.FunctionType(args[0].type, [a.type for a in args]))
-        return self.b.call(fn, args)
+        vt = ir.VectorType(elem, width)
+        symbol = f"_ZGV{isa}N{width}{'v' * len(args)}_{_LIBMVEC[name]}{'f' if elem == F32 else ''}"
+        fn = self.m.declare(symbol, ir.FunctionType(vt, [vt] * len(args)), pure=True)
+        if width == lanes:
+            return self.b.call(fn, args)
+        # a wide (multi-register) vector: one call per register-sized piece
+        pieces = []
+        for start in range(0, lanes, width):
+            sel = ir.Constant(ir.VectorType(I32, width), list(range(start, start + width)))
+            pieces.append(self.b.call(fn, [self.b.shuffle_vector(a, a, sel) for a in args]))
+        while len(pieces) > 1:
+            n = pieces[0].type.count
+            sel = ir.Constant(ir.VectorType(I32, 2 * n), list(range(2 * n)))
+            pieces = [self.b.shuffle_vector(pieces[k], pieces[k + 1], sel) for k in range(0, len(pieces), 2)]
+        return pieces[0]
 
     def e_Load(self, e: L.Load):
         buf = e.buffer
@@ -372,7 +385,7 @@ class FunctionEmitter:
             lanes = self.lanes
             coeff = lane_coefficient(flat, self.vec_var, self.varying_names())
             varying_mask = mask is not None and isinstance(mask.type, ir.VectorType)
-            if coeff == 1 or coeff != 0 or varying_mask:
+            if coeff != 0 or varying_mask:
                 vt = ir.VectorType(st, lanes)
                 vmask = self.splat(mask, lanes) if mask is not None else ir.Constant(ir.VectorType(I1, lanes), [1] * lanes)
                 passthru = self.splat(other, lanes) if other is not None else ir.Constant(vt, ir.Undefined)
@@ -518,7 +531,7 @@ class FunctionEmitter:
         if s.kind == "parallel" and not self.lanes:
             return self.m.emit_parallel(self, s)
         if s.kind == "vectorized" and not self.lanes and self.m.lanes_for(s) > 1:
-            if _reduction_update(s) is not None:
+            if reduction_update(s) is not None:
                 return self.vector_reduction_loop(s)
             return self.vector_loop(s)
         extent = self.expr(s.extent)
@@ -559,13 +572,13 @@ class FunctionEmitter:
     def vector_reduction_loop(self, s: L.For):
         """acc = acc op value over a vectorized loop: vector partial results (reassociated),
         combined across lanes at the end, then the scalar tail."""
-        acc, op = _reduction_update(s)
+        acc, op = reduction_update(s)
         scalar_local = self.env[acc.name]
         lanes = s.lanes or self.m.lanes_for(s)
         vt = ir.VectorType(value_type(acc.dtype), lanes)
         vec_local = _Local(self.alloca(vt, acc.name + ".vec"), lanes)
-        ident = _identity_value(op, acc.dtype)
-        self.b.store(ir.Constant(vt, [ident] * lanes), vec_local.ptr)
+        ident = self.e_Const(reduction_identity(op, acc.dtype))
+        self.b.store(self.splat(ident, lanes), vec_local.ptr)
         extent = self.expr(s.extent)
         stop = self.b.sub(extent, self.b.srem(extent, ir.Constant(I64, lanes)))
         ramp = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
@@ -631,30 +644,6 @@ class FunctionEmitter:
             self.counted_loop(name, start, extent, 1, lambda: self.stmt(s.body))
 
 
-def _reduction_update(s: L.For):
-    """(accumulator, op) if the loop body is `acc = acc op value` with acc not in value."""
-    body = s.body
-    if not (isinstance(body, L.Assign) and isinstance(body.value, L.Binary)
-            and body.value.op in ("add", "mul", "max", "min") and body.value.a == body.var):
-        return None
-    if any(isinstance(n, L.Var) and n.name == body.var.name for n in L.walk(body.value.b)):
-        return None
-    return body.var, body.value.op
-
-
-def _identity_value(op: str, dt: DType):
-    if op == "add":
-        return 0
-    if op == "mul":
-        return 1
-    if dt.is_float:
-        return -math.inf if op == "max" else math.inf
-    if dt.is_bool:
-        return int(op == "min")
-    lo, hi = (-(2 ** (dt.bits - 1)), 2 ** (dt.bits - 1) - 1) if dt.is_signed else (0, 2 ** dt.bits - 1)
-    return (lo if op == "max" else hi) & ((1 << dt.bits) - 1)
-
-
 def _nonneg(e: L.Expr) -> bool:
     """True if `e` is built from loop variables and non-negative constants by + * // %."""
     if isinstance(e, L.Const):
@@ -703,11 +692,16 @@ class ModuleEmitter:
         self.vector_bits = vector_bits
         self._tasks = 0
 
-    def declare(self, name, fnty):
+    def declare(self, name, fnty, pure: bool = False):
+        """A function declaration; `pure` math functions let LLVM merge repeated calls."""
         existing = self.module.globals.get(name)
         if existing is not None:
             return existing
-        return ir.Function(self.module, fnty, name)
+        fn = ir.Function(self.module, fnty, name)
+        if pure:
+            fn.attributes.add("nounwind")
+            fn.attributes.add("readnone")
+        return fn
 
     def lanes_for(self, loop: L.For) -> int:
         """Vector width for a loop: the target's register width over the widest element it touches."""

@@ -16,6 +16,7 @@ from ubique.errors import VerifyError
 from ubique.ir import loop as L
 from ubique.ir.dtypes import DType
 from ubique.ir.graph import Value
+from ubique.ir.loop_analysis import reduction_identity
 from ubique.ir.registry import ComputeContext, dim_expr, get_op
 
 
@@ -95,21 +96,6 @@ def _ident(name: str) -> str:
 
 
 # -- reductions -------------------------------------------------------------------------------
-def _identity(kind: str, dt: DType) -> L.Const:
-    if kind == "sum":
-        return L.Const(0, dt)
-    if kind == "prod":
-        return L.Const(1, dt)
-    lowest = kind in ("max", "argmax")
-    if dt.is_float:
-        return L.Const(-math.inf if lowest else math.inf, dt)
-    if dt.is_bool:
-        return L.Const(not lowest, dt)
-    if dt.is_signed:
-        return L.Const(-(2 ** (dt.bits - 1)) if lowest else 2 ** (dt.bits - 1) - 1, dt)
-    return L.Const(0 if lowest else 2 ** dt.bits - 1, dt)
-
-
 def materialize_reductions(store: L.Stmt, value: L.Expr, names: _Names) -> tuple[L.Stmt, int]:
     """Wraps `store` with one accumulator (and reduction loops) per distinct Reduce in
     `value`, replacing the Reduce by the accumulator. Returns the statement and the
@@ -142,14 +128,14 @@ def materialize_reductions(store: L.Stmt, value: L.Expr, names: _Names) -> tuple
                 L.Assign(acc_v, L.select(upd, v, acc_v))])))
             loops = _nest(r.axes, update)
             wrappers.append(lambda body, a=acc_v, i=acc_i, k=r.kind, d=r.body.dtype:
-                            L.Alloc(a, _identity(k, d), L.Alloc(i, L.Const(0, L.I64), body)))
+                            L.Alloc(a, reduction_identity(k, d), L.Alloc(i, L.Const(0, L.I64), body)))
             mapping[r] = acc_i
         else:
             acc = L.Var(names.fresh("acc").name, r.dtype)
             combine = {"sum": lambda a, b: a + b, "prod": lambda a, b: a * b,
                        "max": L.emax, "min": L.emin}[r.kind]
             loops = _nest(r.axes, L.Assign(acc, combine(acc, r.body)))
-            wrappers.append(lambda body, a=acc, k=r.kind, d=r.dtype: L.Alloc(a, _identity(k, d), body))
+            wrappers.append(lambda body, a=acc, k=r.kind, d=r.dtype: L.Alloc(a, reduction_identity(k, d), body))
             mapping[r] = acc
         prologue.append(loops)
     body = L.Seq(prologue + [L.substitute(store, mapping)])

@@ -38,6 +38,8 @@ def set_kind(s: L.Stmt, name: str, kind: str, lanes: int = 0) -> L.Stmt:
 def vectorize(s, name, lanes: int = 0):
     """Marks a loop vectorized; `lanes` above the register width gives several independent
     vector accumulators per iteration (LLVM splits the wide vector into registers)."""
+    if lanes and (lanes < 2 or lanes & (lanes - 1)):
+        raise VerifyError(f"schedule: vector width must be a power of two >= 2 (or 0 for the target's), got {lanes}")
     return set_kind(s, name, "vectorized", lanes)
 def parallel(s, name): return set_kind(s, name, "parallel")
 def unroll(s, name): return set_kind(s, name, "unrolled")
@@ -144,14 +146,12 @@ def _vectorize_contiguous_reductions(body: L.Stmt, lanes: int) -> L.Stmt:
     """Vectorizes innermost reduction loops `acc = acc op f(x[..., r])` that read memory
     contiguously along r (sum/max over the last axis, softmax, layer_norm) when the
     output itself is not vectorized along its last axis."""
-    from ubique.ir.loop_analysis import lane_coefficient, linear_index
+    from ubique.ir.loop_analysis import lane_coefficient, linear_index, reduction_update
 
     for f in list(L.walk(body)):
-        if not (isinstance(f, L.For) and isinstance(f.body, L.Assign)):
+        if not (isinstance(f, L.For) and reduction_update(f) is not None):
             continue
         upd = f.body.value
-        if not (isinstance(upd, L.Binary) and upd.op in ("add", "max", "min", "mul") and upd.a == f.body.var):
-            continue
         coeffs = {lane_coefficient(linear_index(n.buffer, n.indices), f.var.name, set())
                   for n in L.walk(upd.b) if isinstance(n, L.Load)}
         if 1 in coeffs and coeffs <= {0, 1} and _static(f.extent) >= lanes:
@@ -206,7 +206,9 @@ def peel(s: L.Stmt, name: str, factor: int) -> L.Stmt:
         raise VerifyError(f"schedule: peel factor must be a positive int, got {factor!r}")
 
     def fn(f: L.For):
-        n = _static(f.extent, 0)
+        if not isinstance(f.extent, L.Const):
+            raise VerifyError(f"schedule: peel needs a constant extent for {name!r}, got {f.extent!r}")
+        n = f.extent.value
         outer, inner, rest = L.Var(name + "_o"), L.Var(name + "_i"), L.Var(name + "_r")
         main = L.For(outer, n // factor, L.For(inner, factor, L.substitute(f.body, {f.var: outer * factor + inner}),
                                                f.kind, f.lanes))

@@ -1,7 +1,10 @@
 """Index analyses on loop IR shared by schedules and codegen."""
 from __future__ import annotations
 
+import math
+
 from ubique.ir import loop as L
+from ubique.ir.dtypes import DType
 
 
 def lane_coefficient(e: L.Expr, var: str, varying: set[str]):
@@ -39,3 +42,30 @@ def linear_index(buf: L.Buffer, indices) -> L.Expr:
     for i, d in zip(indices, buf.shape):
         flat = flat * d + i
     return flat
+
+
+def reduction_update(s: L.For):
+    """(accumulator, op) if the loop body is `acc = acc op value` with acc not in value."""
+    body = s.body
+    if not (isinstance(body, L.Assign) and isinstance(body.value, L.Binary)
+            and body.value.op in ("add", "mul", "max", "min") and body.value.a == body.var):
+        return None
+    if any(isinstance(n, L.Var) and n.name == body.var.name for n in L.walk(body.value.b)):
+        return None
+    return body.var, body.value.op
+
+
+def reduction_identity(kind: str, dt: DType) -> L.Const:
+    """The starting value of a reduction; kind: sum/add, prod/mul, max, min, argmax, argmin."""
+    if kind in ("sum", "add"):
+        return L.Const(0, dt)
+    if kind in ("prod", "mul"):
+        return L.Const(1, dt)
+    lowest = kind in ("max", "argmax")
+    if dt.is_float:
+        return L.Const(-math.inf if lowest else math.inf, dt)
+    if dt.is_bool:
+        return L.Const(not lowest, dt)
+    if dt.is_signed:
+        return L.Const(-(2 ** (dt.bits - 1)) if lowest else 2 ** (dt.bits - 1) - 1, dt)
+    return L.Const(0 if lowest else 2 ** dt.bits - 1, dt)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ubique.errors import VerifyError
 from ubique.ir import loop as L
+from ubique.ir.loop_analysis import reduction_update
 
 
 def verify_kernel(k: L.Kernel) -> None:
@@ -18,6 +19,9 @@ def verify_kernel(k: L.Kernel) -> None:
 class _Verifier:
     def __init__(self, k, params):
         self.k, self.params = k, params
+        self.vector_loop = None      # innermost enclosing vectorized loop
+        self.vector_outer = set()    # locals declared outside it
+        self.parallel_outer = set()  # locals declared outside the enclosing parallel loop
 
     def fail(self, msg):
         raise VerifyError(f"kernel {self.k.name}: {msg}")
@@ -58,8 +62,14 @@ class _Verifier:
                 self.fail(f"loop variable {s.var.name!r} shadows another variable")
             if s.kind == "parallel" and (in_vector or in_parallel):
                 self.fail(f"parallel loop {s.var.name} is nested in a parallel or vectorized loop")
+            saved = self.vector_loop, self.vector_outer, self.parallel_outer
+            if s.kind == "vectorized" and not in_vector:
+                self.vector_loop, self.vector_outer = s, set(locals_)
+            if s.kind == "parallel":
+                self.parallel_outer = set(locals_)
             self.stmt(s.body, scope | {s.var.name}, locals_, in_vector or s.kind == "vectorized",
                       in_parallel or s.kind == "parallel")
+            self.vector_loop, self.vector_outer, self.parallel_outer = saved
         elif isinstance(s, L.Store):
             self.access(s.buffer, s.indices)
             for i in s.indices:
@@ -77,6 +87,14 @@ class _Verifier:
         elif isinstance(s, L.Assign):
             if s.var.name not in locals_:
                 self.fail(f"assignment to {s.var.name!r}, which is not a local declared with var")
+            if in_parallel and s.var.name in self.parallel_outer:
+                self.fail(f"{s.var.name} is assigned by every iteration of a parallel loop (a data race); "
+                          "declare it inside the loop")
+            if in_vector and s.var.name in self.vector_outer and not (
+                    self.vector_loop.body is s and reduction_update(self.vector_loop) is not None):
+                self.fail(f"{s.var.name} is declared outside vectorized loop {self.vector_loop.var.name} and "
+                          "assigned inside it; only a loop whose whole body is `acc = acc op value` "
+                          "(op: add mul max min) can be vectorized that way")
             self.expr(s.value, scope)
             if s.value.dtype is not s.var.dtype:
                 self.fail(f"{s.var.name} is {s.var.dtype.short} but is assigned a {s.value.dtype.short} value")

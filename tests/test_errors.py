@@ -349,3 +349,48 @@ def test_tensor_from_another_trace_is_refused():
     keep(rand((3,)))
     with pytest.raises(ub.TraceError, match="another trace"):
         use(rand((3,)))
+
+
+# -- found in review ---------------------------------------------------------------------------
+def test_jit_static_floats_are_keyed_by_bits():
+    f = ub.jit(lambda x, s: x / s)
+    x = np.ones(4, np.float32)
+    assert np.all(f(x, 0.0) == np.inf)
+    assert np.all(f(x, -0.0) == -np.inf)
+    n = len(f._cache)
+    f(x, float("nan")), f(x, float("nan"))
+    assert len(f._cache) == n + 1  # NaN is one specialisation, not one per call
+
+
+def test_jit_refuses_keyword_only_parameters():
+    @ub.jit
+    def f(x, *, scale=2.0):
+        return x * scale
+
+    with pytest.raises(ub.TraceError, match="keyword-only"):
+        f(np.ones(3, np.float32), scale=3.0)
+
+
+def test_concurrent_first_calls_compile_once():
+    import threading
+
+    f = ub.jit(lambda x: ub.tanh(x) * 3.25 + 0.125)
+    x = np.linspace(-1, 1, 1237).astype(np.float32)
+    before = ub.cache_info()["compiled"] + ub.cache_info()["disk_hits"]
+    results, errors = [], []
+
+    def call():
+        try:
+            results.append(f(x))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert ub.cache_info()["compiled"] + ub.cache_info()["disk_hits"] - before == 1
+    for r in results:
+        np.testing.assert_allclose(r, np.tanh(x) * 3.25 + 0.125, rtol=1e-6, atol=1e-6)

@@ -447,3 +447,61 @@ def test_default_schedule_parallelises_big_kernels():
     small = _unscheduled_kernels(lambda x: ub.exp(x), np.ones((4, 8), np.float32))[0]
     s = S.default_schedule(small.kernel, 2, small.work, 16, 4)
     assert [kind for _, _, kind in loops(s.body)] == ["serial", "vectorized"]
+
+
+# -- found in review ---------------------------------------------------------------------------
+from ubique.errors import VerifyError  # noqa: E402
+from ubique.ir.dtypes import DType  # noqa: E402
+
+
+def _reduction_kernel():
+    from ubique.ir import loop as L
+
+    x = L.Buffer("x", DType.float32, [8, 100])
+    out = L.Buffer("out", DType.float32, [8])
+    i, r = L.Var("i0"), L.Var("r0")
+    acc = L.Var("acc", DType.float32)
+    body = L.For(i, 8, L.Alloc(acc, L.Const(0.0, DType.float32), L.Seq([
+        L.For(r, 100, L.Assign(acc, acc + x[i, r])), L.Store(out, [i], acc)])))
+    return L.Kernel("k", [x, out], [], body)
+
+
+def test_vector_width_must_be_a_power_of_two():
+    from ubique.compiler import schedule as S
+
+    k = _reduction_kernel()
+    with pytest.raises(VerifyError, match="power of two"):
+        S.vectorize(k.body, "r0", 12)
+    S.vectorize(k.body, "r0", 32)
+
+
+def test_peel_needs_a_constant_extent():
+    from ubique.compiler import schedule as S
+
+    k = _reduction_kernel()
+    split = S.split(k.body, "r0", 3)
+    with pytest.raises(VerifyError, match="constant extent"):
+        S.peel(split, "r0_i", 2)  # extent min(3, 100 - r0_o * 3)
+
+
+def test_verifier_rejects_non_reduction_assign_in_vectorized_loop():
+    from ubique.ir import loop as L
+    from ubique.ir.loop_verify import verify_kernel
+
+    k = _reduction_kernel()
+    acc = L.Var("acc", DType.float32)
+    x = k.params[0]
+    bad_body = L.For(L.Var("i0"), 8, L.Alloc(acc, L.Const(0.0, DType.float32), L.Seq([
+        L.For(L.Var("r0"), 100, L.Assign(acc, x[L.Var("i0"), L.Var("r0")]), "vectorized"),
+        L.Store(k.params[1], [L.Var("i0")], acc)])))
+    with pytest.raises(VerifyError, match="declared outside vectorized loop"):
+        verify_kernel(L.Kernel("k", k.params, [], bad_body))
+    racy = L.Alloc(acc, L.Const(0.0, DType.float32), L.Seq([
+        L.For(L.Var("i0"), 8, L.For(L.Var("r0"), 100, L.Assign(acc, acc + x[L.Var("i0"), L.Var("r0")])),
+              "parallel"),
+        L.Store(k.params[1], [L.Const(0, L.I64)], acc)]))
+    with pytest.raises(VerifyError, match="data race"):
+        verify_kernel(L.Kernel("k", k.params, [], racy))
+    good = L.Kernel("k", k.params, [], _reduction_kernel().body)
+    from ubique.compiler import schedule as S
+    verify_kernel(L.Kernel("k", k.params, [], S.vectorize(good.body, "r0", 32)))

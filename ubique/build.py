@@ -32,6 +32,7 @@ _lock = threading.Lock()
 # once nothing else holds them), so long-running processes do not accumulate mappings.
 MEMORY_CACHE_SIZE = 256
 _memory: "OrderedDict[str, Executable]" = OrderedDict()
+_building: dict[str, threading.Lock] = {}  # per-key locks of builds in progress
 _stats = {"compiled": 0, "memory_hits": 0, "disk_hits": 0, "disk_writes": 0}
 _ALIGN = 64
 
@@ -82,11 +83,29 @@ def build(graph: Graph, target=None) -> Executable:
     """An Executable for `graph`: from memory, from disk, or freshly compiled and stored."""
     target = get_target(target)
     key = graph_key(graph, target)
-    ex = _memory.get(key)
+    ex = _lookup(key)
     if ex is not None:
-        _stats["memory_hits"] += 1
-        _memory.move_to_end(key)
         return ex
+    with _key_lock(key):  # threads asking for the same graph compile it once
+        ex = _lookup(key)
+        return ex if ex is not None else _build_uncached(graph, target, key)
+
+
+def _lookup(key: str) -> Executable | None:
+    with _lock:
+        ex = _memory.get(key)
+        if ex is not None:
+            _stats["memory_hits"] += 1
+            _memory.move_to_end(key)
+        return ex
+
+
+def _key_lock(key: str) -> threading.Lock:
+    with _lock:
+        return _building.setdefault(key, threading.Lock())
+
+
+def _build_uncached(graph: Graph, target: Target, key: str) -> Executable:
     cache = DiskCache("modules")
     entry = cache.get(key)
     ex = None
@@ -108,6 +127,7 @@ def build(graph: Graph, target=None) -> Executable:
 
 def _remember(key: str, ex: Executable) -> None:
     with _lock:
+        _building.pop(key, None)
         _memory[key] = ex
         _memory.move_to_end(key)
         while len(_memory) > MEMORY_CACHE_SIZE:

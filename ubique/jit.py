@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,7 +52,9 @@ class JitFunction:
         for k, a in enumerate(args):
             if _is_array(a):
                 spec.append((a.shape, a.dtype))
-            elif isinstance(a, (bool, int, float)):
+            elif isinstance(a, float):  # by bits: -0.0 and 0.0 differ, NaN equals itself
+                spec.append(("static", float, struct.pack("<d", a)))
+            elif isinstance(a, (bool, int)):
                 spec.append(("static", type(a), a))  # Python numbers are baked in as constants
             else:
                 name = self._params[k] if k < len(self._params) else f"#{k}"
@@ -94,6 +97,9 @@ class JitFunction:
         except TypeError as e:
             raise TraceError(f"{self.__name__}: {e}") from None
         bound.apply_defaults()
+        if bound.kwargs:
+            raise TraceError(f"{self.__name__}: keyword-only parameters ({', '.join(bound.kwargs)}) are not "
+                             "supported by ub.jit; make them positional")
         return bound.args
 
     def lower(self, *args, **kwargs) -> Lowered:
