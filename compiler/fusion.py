@@ -20,6 +20,11 @@ from ubique.ir.graph import Graph, Node
 from ubique.ir.registry import get_op
 
 CONTRACTIONS = frozenset({"matmul", "conv2d"})
+# producers worth a memory pass rather than being recomputed: math-library calls
+EXPENSIVE = frozenset({"exp", "log", "tanh", "erf", "sin", "cos", "sigmoid", "pow", "sqrt", "rsqrt", "div"})
+# consumers that read every element of an input at most once
+_READ_ONCE = frozenset({"reshape", "transpose", "slice", "concat", "pad", "identity", "cast",
+                        "sum", "prod", "max", "min", "argmax", "argmin"})
 
 
 @dataclass
@@ -35,12 +40,13 @@ class Group:
 def fuse(g: Graph) -> list[Group]:
     users = g.users()
     outputs = {v.id for v in g.outputs}
+    expensive = _expensive_chains(g, users)
     owner: dict[int, Node] = {}        # id(node) -> root of the kernel it belongs to
     epilogue_ok: dict[int, bool] = {}  # id(node) -> root reads it at the root's own index
     for n in reversed(g.nodes):
         if n.op == "constant":
             continue
-        target = _inline_target(n, users, outputs, owner, epilogue_ok)
+        target = _inline_target(n, users, outputs, owner, epilogue_ok, expensive)
         if target is None:
             owner[id(n)] = n
             epilogue_ok[id(n)] = True
@@ -58,7 +64,19 @@ def fuse(g: Graph) -> list[Group]:
     return sorted(groups.values(), key=lambda grp: order[id(grp.root)])
 
 
-def _inline_target(n: Node, users, outputs, owner, epilogue_ok):
+def _expensive_chains(g: Graph, users) -> set[int]:
+    """Nodes that call a math function themselves or through the single-use elementwise
+    producers that fusion would inline into them."""
+    out: set[int] = set()
+    for n in g.nodes:
+        if n.op in EXPENSIVE or any(
+                p.node is not None and id(p.node) in out and len(users.get(p.id, [])) == 1
+                and get_op(p.node.op).kind in ("elementwise", "injective") for p in n.inputs):
+            out.add(id(n))
+    return out
+
+
+def _inline_target(n: Node, users, outputs, owner, epilogue_ok, expensive):
     if len(n.outputs) != 1 or n.output.id in outputs:
         return None
     consumers = {id(c): c for c in users.get(n.output.id, [])}
@@ -67,13 +85,32 @@ def _inline_target(n: Node, users, outputs, owner, epilogue_ok):
     c = next(iter(consumers.values()))
     kind, ckind = get_op(n.op).kind, get_op(c.op).kind
     if kind in ("elementwise", "injective"):
-        if ckind in ("elementwise", "injective") or (ckind == "reduce" and c.op not in CONTRACTIONS):
-            return c
-        return None
+        if not (ckind in ("elementwise", "injective") or (ckind == "reduce" and c.op not in CONTRACTIONS)):
+            return None
+        if id(n) in expensive and not _reads_each_element_once(c, n):
+            return None  # pooling windows or large broadcasts would recompute it many times
+        return c
     if kind == "reduce" and ckind == "elementwise" and epilogue_ok.get(id(c)) \
             and tuple(c.output.shape) == tuple(n.output.shape) and _reads_once(c, n):
         return c
     return None
+
+
+# an expensive producer may still be recomputed this many times per element (a small
+# broadcast) rather than written to memory and read back
+RECOMPUTE_LIMIT = 8
+
+
+def _reads_each_element_once(consumer: Node, producer: Node) -> bool:
+    """Inlining `producer` into `consumer` recomputes each element at most a few times."""
+    if not _reads_once(consumer, producer):
+        return False
+    if consumer.op in _READ_ONCE:
+        return True
+    if get_op(consumer.op).kind in ("elementwise", "injective"):
+        out, src = consumer.output.type, producer.output.type
+        return out.is_static and src.is_static and out.size <= RECOMPUTE_LIMIT * max(src.size, 1)
+    return False  # pooling windows overlap
 
 
 def _reads_once(consumer: Node, producer: Node) -> bool:

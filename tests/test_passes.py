@@ -415,3 +415,15 @@ def test_memory_plan_in_diamond_graph_gives_right_results():
     h = np.exp(x * np.float32(0.1))
     ref = np.maximum(h @ w1, 0) @ w2.T + (h @ w2) @ w1.T + h
     np.testing.assert_allclose(diamond(x, w1, w2), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_fusion_does_not_recompute_math_in_overlapping_windows_or_big_broadcasts():
+    x = rand((1, 4, 16, 16))
+    pool = ub.jit(lambda a: ub.max_pool2d(ub.gelu(a), 3, 1))
+    assert pool.lower(x).num_kernels == 2  # gelu is computed once per element, then pooled
+    v = rand((64,))
+    bsum = ub.jit(lambda a: ub.broadcast_to(ub.exp(a), (256, 64)).sum(axis=1))
+    assert bsum.lower(v).num_kernels == 2
+    np.testing.assert_allclose(bsum(v), np.broadcast_to(np.exp(v), (256, 64)).sum(1), rtol=1e-5)
+    cheap = ub.jit(lambda a: ub.max_pool2d(a * 2.0 + 1.0, 3, 1))
+    assert cheap.lower(x).num_kernels == 1  # cheap arithmetic is still fused into the window
