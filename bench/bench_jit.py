@@ -39,7 +39,7 @@ def cases(quick: bool):
     for k in ((256, 512) if quick else (256, 512, 1024, 2048)):
         a = rng.standard_normal((k, k)).astype(np.float32)
         b = rng.standard_normal((k, k)).astype(np.float32)
-        yield (f"matmul", f"{k}^3 f32", ub.jit(lambda p, q: p @ q), lambda p, q: p @ q, (a, b), 2 * k ** 3)
+        yield ("matmul", f"{k}^3 f32", ub.jit(lambda p, q: p @ q), lambda p, q: p @ q, (a, b), 2 * k ** 3)
 
 
 def _erf(a):

@@ -24,7 +24,8 @@ import numpy as np
 from ubique.errors import UnsupportedOpError
 from ubique.ir import loop as L
 from ubique.ir.dtypes import DType
-from ubique.ir.loop_analysis import lane_coefficient, linear_index, reduction_identity, reduction_update
+from ubique.ir.loop_analysis import (lane_coefficient, linear_index, reduction_identity, reduction_update,
+                                     widest_element_bits)
 
 I1, I8, I16, I32, I64 = (ir.IntType(n) for n in (1, 8, 16, 32, 64))
 F32, F64, F16 = ir.FloatType(), ir.DoubleType(), ir.HalfType()
@@ -705,11 +706,7 @@ class ModuleEmitter:
 
     def lanes_for(self, loop: L.For) -> int:
         """Vector width for a loop: the target's register width over the widest element it touches."""
-        widest = 32
-        for n in L.walk(loop.body):
-            if isinstance(n, (L.Load, L.Store)) and n.buffer.dtype in (DType.float64, DType.int64):
-                widest = 64
-        return max(1, self.vector_bits // widest)
+        return max(1, self.vector_bits // widest_element_bits(loop.body))
 
     def add_kernel(self, kernel: L.Kernel) -> ir.Function:
         func = ir.Function(self.module, ENTRY_FN, kernel.name)

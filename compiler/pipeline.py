@@ -12,8 +12,8 @@ from ubique.compiler.lower import LoweredKernel, lower_group
 from ubique.compiler.memory_plan import MemoryPlan, plan_memory
 from ubique.compiler.schedule import default_schedule
 from ubique.errors import UnsupportedOpError
-from ubique.ir import loop as L
-from ubique.ir.graph import Graph, TensorType, Value
+from ubique.ir.graph import Graph, TensorType
+from ubique.ir.loop_analysis import widest_element_bits
 from ubique.ir.loop_printer import print_kernel
 from ubique.ir.loop_verify import verify_kernel
 from ubique.ir.printer import print_graph
@@ -118,8 +118,7 @@ def compile_graph(graph: Graph, target: Target, *, fold: bool = True, name: str 
     lowered = []
     for k, group in enumerate(fuse(g)):
         lk = lower_group(group, f"{name}_k{k}_{group.name}"[:80])
-        widest = max([32] + [b.dtype.bits for b in lk.kernel.params])
-        lanes = max(1, target.vector_bits // widest)
+        lanes = max(1, target.vector_bits // widest_element_bits(lk.kernel.body))
         lk.kernel = default_schedule(lk.kernel, lk.output.type.rank, lk.work, lanes, threads)
         verify_kernel(lk.kernel)
         lowered.append(lk)

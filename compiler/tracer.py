@@ -23,15 +23,9 @@ _PACKAGE_DIRS: tuple[str, ...] = ()
 def _package_dirs() -> tuple[str, ...]:
     global _PACKAGE_DIRS
     if not _PACKAGE_DIRS:
-        import ubique
+        from ubique.packages import package_dirs
 
-        names = ("ubique", "ubique.ir", "ubique.compiler", "ubique.codegen", "ubique.targets", "ubique.runtime")
-        dirs = []
-        for name in names:
-            mod = sys.modules.get(name) or __import__(name, fromlist=["_"])
-            dirs.append(os.path.dirname(os.path.abspath(mod.__file__)) + os.sep)
-        _PACKAGE_DIRS = tuple(dirs)
-        del ubique
+        _PACKAGE_DIRS = tuple(str(d) + os.sep for d in package_dirs())
     return _PACKAGE_DIRS
 
 

@@ -69,3 +69,9 @@ def reduction_identity(kind: str, dt: DType) -> L.Const:
     if dt.is_signed:
         return L.Const(-(2 ** (dt.bits - 1)) if lowest else 2 ** (dt.bits - 1) - 1, dt)
     return L.Const(0 if lowest else 2 ** dt.bits - 1, dt)
+
+
+def widest_element_bits(n: L.Node) -> int:
+    """Bits of the widest element loaded or stored under `n` (at least 32: narrower
+    types compute in 32-bit registers). Vector widths are register bits over this."""
+    return max([32] + [x.buffer.dtype.bits for x in L.walk(n) if isinstance(x, (L.Load, L.Store))])

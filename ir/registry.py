@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ubique.errors import UnsupportedOpError, VerifyError
-from ubique.ir.dtypes import DType, dtype_of
+from ubique.ir.dtypes import dtype_of
 from ubique.ir import loop as L
 
 KINDS = ("elementwise", "injective", "reduce", "composite", "source")
@@ -206,10 +206,6 @@ def normalize_axis(op: str, axis: int, rank: int) -> int:
     if not -rank <= axis < max(rank, 1):
         raise ShapeError(f"{op}: axis {axis} is out of range for a tensor of rank {rank}")
     return axis % max(rank, 1)
-
-
-def scalar_const(value, dtype: DType) -> L.Const:
-    return L.Const(value, dtype)
 
 
 def dim_expr(d) -> L.Expr:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
 import tempfile
 import threading
 from collections import OrderedDict
@@ -49,11 +48,13 @@ def count_memory_hit() -> None:
 @functools.lru_cache(maxsize=None)
 def compiler_fingerprint() -> str:
     """Hash of the compiler's own sources: any change to them invalidates cached code."""
-    import ubique
+    import llvmlite
 
-    h = hashlib.sha256(f"{ubique.__version__} r{COMPILER_REVISION}".encode())
-    for pkg in ("ubique.ir", "ubique.compiler", "ubique.codegen", "ubique.targets", "ubique.runtime"):
-        folder = Path(importlib.import_module(pkg).__file__).parent
+    import ubique
+    from ubique.packages import package_dirs
+
+    h = hashlib.sha256(f"{ubique.__version__} r{COMPILER_REVISION} llvmlite {llvmlite.__version__}".encode())
+    for folder in package_dirs():
         for f in sorted(folder.rglob("*")):
             if f.suffix in (".py", ".c", ".h"):
                 h.update(f.name.encode())
