@@ -754,7 +754,8 @@ class ModuleEmitter:
     def add_entry(self, name: str, steps, num_io: int) -> ir.Function:
         """The model entry: calls each kernel with pointers into `args` (inputs, outputs,
         weights) or the workspace. `steps` is a list of (kernel function, [(kind, n)]) with
-        kind "io" (args[n]) or "ws" (workspace + n bytes)."""
+        kind "io" (args[n]), "ws" (workspace + n bytes) or "wsdyn" (workspace + table[n] bytes,
+        where the int64 table is args[num_io]: offsets planned at run time for symbolic shapes)."""
         func = ir.Function(self.module, ENTRY_FN, name)
         args, dims, ctx = func.args
         b = ir.IRBuilder(func.append_basic_block("entry"))
@@ -762,10 +763,15 @@ class ModuleEmitter:
         width = max((len(refs) for _, refs in steps), default=1)
         arr = b.alloca(ir.ArrayType(VOIDP, width), name="kargs")
         base = b.bitcast(arr, VOIDP.as_pointer())
+        table = None
+        if any(kind == "wsdyn" for _, refs in steps for kind, _ in refs):
+            table = b.bitcast(b.load(b.gep(args, [ir.Constant(I64, num_io)])), I64.as_pointer(), name="offsets")
         for k, (kfn, refs) in enumerate(steps):
             for slot, (kind, n) in enumerate(refs):
                 if kind == "io":
                     p = b.load(b.gep(args, [ir.Constant(I64, n)]))
+                elif kind == "wsdyn":
+                    p = b.gep(ws, [b.load(b.gep(table, [ir.Constant(I64, n)]))])
                 else:
                     p = b.gep(ws, [ir.Constant(I64, n)])
                 b.store(p, b.gep(base, [ir.Constant(I64, slot)]))

@@ -9,9 +9,12 @@ import numpy as np
 from ubique.compiler import passes
 from ubique.compiler.fusion import fuse
 from ubique.compiler.lower import LoweredKernel, lower_group
-from ubique.compiler.memory_plan import MemoryPlan, plan_memory
+from ubique.compiler.memory_plan import DynamicMemory, MemoryPlan, plan_memory
+from ubique.compiler.symbolic import DimContract, make_contract, specialize
 from ubique.compiler.schedule import default_schedule
 from ubique.errors import UnsupportedOpError
+from ubique.ir import dims as D
+from ubique.ir import loop as L
 from ubique.ir.graph import Graph, TensorType
 from ubique.ir.loop_analysis import widest_element_bits
 from ubique.ir.loop_printer import print_kernel
@@ -21,7 +24,7 @@ from ubique.ir.verify import verify_graph
 from ubique.targets.target import Target
 
 # Bump when generated code changes meaning or layout: it is part of every cache key.
-COMPILER_REVISION = "1"
+COMPILER_REVISION = "2"
 
 
 @dataclass
@@ -53,6 +56,8 @@ class Program:
     llvm_ir: str
     obj: bytes
     timings: dict[str, float] = field(default_factory=dict)
+    contract: DimContract = field(default_factory=DimContract)
+    dynamic_memory: DynamicMemory | None = None   # set when intermediate sizes are symbolic
 
     @property
     def graph_ir(self) -> str:
@@ -101,17 +106,18 @@ def _evaluate_constant_graph(sub: Graph) -> list[np.ndarray]:
 
 
 def compile_graph(graph: Graph, target: Target, *, fold: bool = True, name: str = "ubq",
-                  threads: int = 0) -> Program:
+                  threads: int = 0, dims: dict | None = None) -> Program:
+    """Compiles `graph` for `target`. `dims` declares symbolic dimensions: an int
+    specialises one, a (lo, hi) pair bounds it (see compiler/symbolic.py)."""
     from ubique.codegen.cpu import compile_llvm_ir
     from ubique.codegen.llvm_emit import ModuleEmitter
 
     if target.codegen != "llvm-cpu":
         raise UnsupportedOpError(f"target {target.name} uses codegen {target.codegen!r}, which is not available")
     timings: dict[str, float] = {}
-    g = optimize_graph(graph, fold, timings)
-    symbols = sorted({d for v in g.values() for d in v.shape if isinstance(d, str)})
-    if symbols:
-        raise UnsupportedOpError(f"symbolic dimensions {symbols} are not supported yet; give static shapes")
+    contract = make_contract(graph, dims)
+    g = optimize_graph(specialize(graph, contract.specialized), fold, timings)
+    symbols = [L.Var(s) for s in contract.symbols]  # every kernel reads the same dims array
 
     t0 = time.perf_counter()
     threads = threads or max(2, target.num_cores or 2)
@@ -119,6 +125,7 @@ def compile_graph(graph: Graph, target: Target, *, fold: bool = True, name: str 
     for k, group in enumerate(fuse(g)):
         lk = lower_group(group, f"{name}_k{k}_{group.name}"[:80])
         lanes = max(1, target.vector_bits // widest_element_bits(lk.kernel.body))
+        lk.kernel.dims = symbols
         lk.kernel = default_schedule(lk.kernel, lk.output.type.rank, lk.work, lanes, threads)
         verify_kernel(lk.kernel)
         lowered.append(lk)
@@ -135,15 +142,23 @@ def compile_graph(graph: Graph, target: Target, *, fold: bool = True, name: str 
                 io[v.id] = len(io)
                 weights.append(np.ascontiguousarray(v.node.attrs["value"]))
     steps = [([v.id for v in lk.inputs], lk.output.id) for lk in lowered]
-    sizes = {lk.output.id: lk.output.type.size * lk.output.dtype.itemsize for lk in lowered}
-    memory = plan_memory(steps, sizes, set(io))
+    sizes = {lk.output.id: D.mul(D.prod(lk.output.shape), lk.output.dtype.itemsize) for lk in lowered}
+    dynamic = None
+    if all(isinstance(n, int) for n in sizes.values()):
+        memory = plan_memory(steps, sizes, set(io))
+        ws_ref = lambda v: ("ws", memory.offsets[v.id])  # noqa: E731
+    else:  # offsets depend on the dims of each call: planned by the runtime, read from a table
+        slots = sorted(v for v in sizes if v not in io)
+        dynamic = DynamicMemory(steps, {v: sizes[v] for v in slots}, set(io), slots)
+        memory = MemoryPlan({}, 0, 0)
+        ws_ref = lambda v: ("wsdyn", slots.index(v.id))  # noqa: E731
 
     t0 = time.perf_counter()
     mod = ModuleEmitter(name, target.vector_bits, target.triple, vector_math=target.vector_math)
     entry_steps = []
     for lk in lowered:
         fn = mod.add_kernel(lk.kernel)
-        refs = [("io", io[v.id]) if v.id in io else ("ws", memory.offsets[v.id]) for v in lk.inputs + [lk.output]]
+        refs = [("io", io[v.id]) if v.id in io else ws_ref(v) for v in lk.inputs + [lk.output]]
         entry_steps.append((fn, refs))
     entry = f"{name}_run"
     mod.add_entry(entry, entry_steps, len(io))
@@ -153,4 +168,5 @@ def compile_graph(graph: Graph, target: Target, *, fold: bool = True, name: str 
     timings["llvm"] = time.perf_counter() - t0
 
     sig = Signature([(v.name or f"arg{k}", v.type) for k, v in enumerate(g.inputs)], [v.type for v in g.outputs])
-    return Program(name, target, sig, g, lowered, memory, weights, entry, code.llvm_ir, code.obj, timings)
+    return Program(name, target, sig, g, lowered, memory, weights, entry, code.llvm_ir, code.obj, timings,
+                   contract, dynamic)

@@ -13,12 +13,13 @@ def clone_node(g: Graph, n: Node, inputs: list[Value]) -> list[Value]:
     return g.add_node(n.op, inputs, n.attrs, n.loc).outputs
 
 
-def rewrite(g: Graph, fn: NodeRewrite) -> Graph:
-    """A new graph where each node is replaced by what `fn` returns (or copied)."""
+def rewrite(g: Graph, fn: NodeRewrite, input_type: Callable | None = None) -> Graph:
+    """A new graph where each node is replaced by what `fn` returns (or copied);
+    `input_type(type) -> type` may change the types of the graph inputs."""
     out = Graph(g.name)
     vmap: dict[int, Value] = {}
     for v in g.inputs:
-        vmap[v.id] = out.add_input(v.type, v.name)
+        vmap[v.id] = out.add_input(input_type(v.type) if input_type else v.type, v.name)
     for n in g.nodes:
         ins = [vmap[v.id] for v in n.inputs]
         new = fn(out, n, ins)

@@ -3,7 +3,8 @@
 A `Graph` has input values, a list of nodes in topological order and output
 values. Every `Value` is defined exactly once, by a graph input or by one node
 output, and carries a `TensorType` (shape and dtype). Dimensions are ints or
-symbol names (str). Constants are nodes of the op `constant` holding an array.
+symbolic expressions over named sizes
+(canonical strings, see ir/dims.py). Constants are nodes of the op `constant` holding an array.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any, Iterable, Sequence, Union
 
 import numpy as np
 
+from ubique.ir import dims
 from ubique.ir.dtypes import DType, dtype_of
 
 Dim = Union[int, str]
@@ -23,7 +25,8 @@ class TensorType:
     dtype: DType
 
     def __post_init__(self):
-        object.__setattr__(self, "shape", tuple(d if isinstance(d, str) else int(d) for d in self.shape))
+        object.__setattr__(self, "shape", tuple(int(d) if isinstance(d, (int, np.integer)) else dims.norm(d)
+                                                for d in self.shape))
         object.__setattr__(self, "dtype", dtype_of(self.dtype))
 
     @property

@@ -209,5 +209,7 @@ def normalize_axis(op: str, axis: int, rank: int) -> int:
 
 
 def dim_expr(d) -> L.Expr:
-    """A shape dimension as a loop-IR expression: symbolic dims become int64 Vars."""
-    return L.Var(d) if isinstance(d, str) else L.Const(int(d), L.I64)
+    """A shape dimension as a loop-IR expression: symbolic dims become int64 expressions over Vars."""
+    from ubique.ir.dims import to_expr
+
+    return to_expr(d)

@@ -15,12 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from ubique.errors import DTypeError, ShapeError
+from ubique.ir.dims import evaluate
 from ubique.runtime import native
+from ubique.runtime.contract import bind
 from ubique.runtime.toolchain import link_shared
 
 
 class Executable:
-    def __init__(self, library: Path, entry: str, signature, weights: list[np.ndarray], workspace_size: int):
+    def __init__(self, library: Path, entry: str, signature, weights: list[np.ndarray], workspace_size: int,
+                 contract=None, dynamic_memory=None):
         native.lib()  # the runtime first: kernels resolve its symbols
         self.library = Path(library)
         self._dll = ctypes.CDLL(os.fspath(library), mode=os.RTLD_NOW | os.RTLD_LOCAL)
@@ -40,6 +43,11 @@ class Executable:
         n_in, n_out = len(signature.inputs), len(signature.outputs)
         self._n_args = n_in + n_out + len(self._weights)
         self._weight_ptrs = [native.ffi.cast("void *", w.ctypes.data) for w in self._weights]
+        # symbolic dimensions: bound from the input shapes at each call
+        self.contract = contract
+        self._symbolic = bool(contract is not None and contract.symbols)
+        self._dynamic_memory = dynamic_memory
+        self._plans: dict[tuple, tuple] = {}  # dims values -> (offsets table, workspace size)
 
     @property
     def inputs(self):
@@ -62,7 +70,7 @@ class Executable:
                 a = a.astype(dtype)  # same values, native byte order
             if a.dtype != dtype:
                 raise DTypeError(f"input {name!r}: expected dtype {dtype}, got {a.dtype}")
-            if a.shape != shape:
+            if a.shape != shape and not self._symbolic:
                 raise ShapeError(f"input {name!r}: expected shape {shape}, got {a.shape}")
             out.append(a if a.flags.c_contiguous else np.ascontiguousarray(a))
         return out
@@ -70,8 +78,17 @@ class Executable:
     def run(self, *arrays) -> list[np.ndarray]:
         """Runs the graph on numpy inputs (validated first); returns new output arrays."""
         inputs = self.check_inputs(arrays)
-        outputs = [np.empty(shape, dtype) for shape, dtype in self._out_specs]
-        args = native.make_pointer_array(self._n_args)
+        dims_ptr, table, workspace_size = native.ffi.NULL, None, self.workspace_size
+        if self._symbolic:
+            env = self.bind([a.shape for a in inputs])
+            values = tuple(env[s] for s in self.contract.symbols)
+            dims_arr = np.array(values, np.int64)
+            dims_ptr = native.ffi.cast("int64_t *", dims_arr.ctypes.data)
+            table, workspace_size = self._plan(values, env)
+            outputs = [np.empty(tuple(evaluate(d, env) for d in shape), dtype) for shape, dtype in self._out_specs]
+        else:
+            outputs = [np.empty(shape, dtype) for shape, dtype in self._out_specs]
+        args = native.make_pointer_array(self._n_args + (table is not None))
         from_buffer = native.ffi.from_buffer
         k = 0
         for a in inputs:
@@ -83,8 +100,24 @@ class Executable:
         for p in self._weight_ptrs:
             args[k] = p
             k += 1
-        native.call_entry(self._entry, args, native.ffi.NULL, self.workspace_size)
+        if table is not None:
+            args[k] = native.ffi.cast("void *", table.ctypes.data)
+        native.call_entry(self._entry, args, dims_ptr, workspace_size)
         return outputs
+
+    def bind(self, shapes) -> dict[str, int]:
+        """Symbol values for these input shapes, checked against the compiled contract."""
+        return bind(self.contract, [(name, shape) for name, shape, _ in self._in_specs], shapes)
+
+    def _plan(self, values: tuple, env: dict):
+        if self._dynamic_memory is None:
+            return None, self.workspace_size
+        plan = self._plans.get(values)
+        if plan is None:
+            if len(self._plans) >= 64:  # bounded: a long-running server sees many sizes
+                self._plans.pop(next(iter(self._plans)))
+            plan = self._plans[values] = self._dynamic_memory.plan(env)
+        return plan
 
 
 def _dlclose(handle: int) -> None:
@@ -113,4 +146,5 @@ def load_program(program) -> Executable:
     with tempfile.TemporaryDirectory(prefix="ubique-") as folder:
         lib = link_program_object(program.obj, Path(folder) / "module.so", program.target.link_libs)
         # once loaded, the mapping outlives the file
-        return Executable(lib, program.entry, program.signature, program.weights, program.memory.workspace_size)
+        return Executable(lib, program.entry, program.signature, program.weights, program.memory.workspace_size,
+                          program.contract, program.dynamic_memory)

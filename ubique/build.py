@@ -16,12 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ubique.compiler.memory_plan import DynamicMemory
 from ubique.compiler.pipeline import COMPILER_REVISION, Program, Signature, compile_graph
 from ubique.errors import UbiqueError
 from ubique.ir.dtypes import dtype_of
 from ubique.ir.graph import Graph
 from ubique.ir.serialize import dumps
 from ubique.runtime.cache import DiskCache, read_meta
+from ubique.runtime.contract import DimContract
 from ubique.runtime.executable import Executable, link_program_object
 from ubique.targets.registry import get_target
 from ubique.targets.target import Target
@@ -62,34 +64,35 @@ def compiler_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-def graph_key(graph: Graph, target: Target) -> str:
+def graph_key(graph: Graph, target: Target, dims: dict | None = None) -> str:
     h = hashlib.sha256()
-    h.update(f"{compiler_fingerprint()}|{target.key}|".encode())
+    h.update(f"{compiler_fingerprint()}|{target.key}|{sorted((dims or {}).items())}|".encode())
     h.update(dumps(graph, locations=False).encode())
     return h.hexdigest()
 
 
-def compile_program(graph: Graph, target=None) -> Program:
+def compile_program(graph: Graph, target=None, dims: dict | None = None) -> Program:
     """Compiles (always) and remembers the result in the memory cache."""
     target = get_target(target)
-    program = compile_graph(graph, target)
+    program = compile_graph(graph, target, dims=dims)
     _stats["compiled"] += 1
-    key = graph_key(graph, target)
+    key = graph_key(graph, target, dims)
     executable = _store(key, program)
     _remember(key, executable)
     return program
 
 
-def build(graph: Graph, target=None) -> Executable:
-    """An Executable for `graph`: from memory, from disk, or freshly compiled and stored."""
+def build(graph: Graph, target=None, dims: dict | None = None) -> Executable:
+    """An Executable for `graph`: from memory, from disk, or freshly compiled and stored.
+    `dims` declares symbolic dimensions (ints specialise, (lo, hi) pairs bound them)."""
     target = get_target(target)
-    key = graph_key(graph, target)
+    key = graph_key(graph, target, dims)
     ex = _lookup(key)
     if ex is not None:
         return ex
     with _key_lock(key):  # threads asking for the same graph compile it once
         ex = _lookup(key)
-        return ex if ex is not None else _build_uncached(graph, target, key)
+        return ex if ex is not None else _build_uncached(graph, target, key, dims)
 
 
 def _lookup(key: str) -> Executable | None:
@@ -106,7 +109,7 @@ def _key_lock(key: str) -> threading.Lock:
         return _building.setdefault(key, threading.Lock())
 
 
-def _build_uncached(graph: Graph, target: Target, key: str) -> Executable:
+def _build_uncached(graph: Graph, target: Target, key: str, dims: dict | None) -> Executable:
     cache = DiskCache("modules")
     entry = cache.get(key)
     ex = None
@@ -119,7 +122,7 @@ def _build_uncached(graph: Graph, target: Target, key: str) -> Executable:
             # before hashing...): never trusted, rebuilt below
             cache.remove(key)
     if ex is None:
-        program = compile_graph(graph, target)
+        program = compile_graph(graph, target, dims=dims)
         _stats["compiled"] += 1
         ex = _store(key, program)
     _remember(key, ex)
@@ -141,7 +144,8 @@ def _store(key: str, program: Program) -> Executable:
         blob, specs = _pack_weights(program.weights)
         meta = {"entry": program.entry, "signature": program.signature.to_json(), "weights": specs,
                 "workspace_size": program.memory.workspace_size, "num_kernels": program.num_kernels,
-                "target": program.target.name}
+                "target": program.target.name, "contract": program.contract.to_json(),
+                "dynamic_memory": program.dynamic_memory.to_json() if program.dynamic_memory else None}
         files = {"module.so": so.read_bytes(), "weights.bin": blob,
                  "graph_ir.txt": program.graph_ir.encode(), "loop_ir.txt": program.loop_ir.encode()}
     entry = DiskCache("modules").put(key, files, meta)
@@ -166,5 +170,7 @@ def _load_entry(entry: Path) -> Executable:
         dt = dtype_of(spec["dtype"]).to_numpy()
         count = int(np.prod(spec["shape"], dtype=np.int64))
         weights.append(np.frombuffer(blob, dt, count, spec["offset"]).reshape(spec["shape"]))
+    dynamic = meta.get("dynamic_memory")
     return Executable(entry / "module.so", meta["entry"], Signature.from_json(meta["signature"]),
-                      weights, meta["workspace_size"])
+                      weights, meta["workspace_size"], DimContract.from_json(meta["contract"]),
+                      DynamicMemory.from_json(dynamic) if dynamic else None)
