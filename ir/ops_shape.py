@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 from ubique.errors import ShapeError
+from ubique.ir import dims as D
 from ubique.ir import loop as L
 from ubique.ir.dtypes import promote
 from ubique.ir.graph import TensorType
@@ -30,9 +31,9 @@ def _delinear(flat: L.Expr, shape) -> list:
 # -- reshape ------------------------------------------------------------------------------
 def _reshape_infer(ts, attrs):
     t, shape = ts[0], attrs["shape"]
-    if t.is_static and math.prod(shape) != t.size:
-        raise ShapeError(f"reshape: cannot reshape {tuple(t.shape)} ({t.size} elements) "
-                         f"into {tuple(shape)} ({math.prod(shape)} elements)")
+    if D.prod(t.shape) != D.prod(shape):
+        raise ShapeError(f"reshape: cannot reshape {tuple(t.shape)} ({D.prod(t.shape)} elements) "
+                         f"into {tuple(shape)} ({D.prod(shape)} elements)")
     return [TensorType(shape, t.dtype)]
 
 
@@ -43,7 +44,7 @@ def _reshape_compute(ctx, idx):
     return ctx.input(0, _delinear(_linear(idx, ctx.out_type.shape), src))
 
 
-register(OpDef("reshape", "injective", _reshape_infer, attrs={"shape": Attr("ints", required=True)},
+register(OpDef("reshape", "injective", _reshape_infer, attrs={"shape": Attr("dims", required=True)},
                compute=_reshape_compute, doc="row-major reshape; the shape is fully resolved (no -1)"))
 
 
@@ -77,7 +78,7 @@ def _bcast_infer(ts, attrs):
     return [TensorType(shape, ts[0].dtype)]
 
 
-register(OpDef("broadcast_to", "injective", _bcast_infer, attrs={"shape": Attr("ints", required=True)},
+register(OpDef("broadcast_to", "injective", _bcast_infer, attrs={"shape": Attr("dims", required=True)},
                compute=lambda ctx, idx: ctx.input_bcast(0, idx), doc="numpy.broadcast_to"))
 
 
@@ -91,7 +92,9 @@ def _concat_infer(ts, attrs):
             raise ShapeError(f"concat: input {n} has shape {tuple(t.shape)}, which does not match input 0 "
                              f"{tuple(first.shape)} outside axis {axis}")
         dtype = promote(dtype, t.dtype)
-    size = sum(t.shape[axis] for t in ts)
+    size = 0
+    for t in ts:
+        size = D.add(size, t.shape[axis])
     return [TensorType(first.shape[:axis] + (size,) + first.shape[axis + 1:], dtype)]
 
 
@@ -104,11 +107,11 @@ def _concat_compute(ctx, idx):
         if size == 0:
             continue
         # each part is read only where it is selected
-        local = idx[axis] - offset
-        where = L.logical_and(idx[axis].ge(offset), idx[axis].lt(offset + size))
-        read = L.cast(d, ctx.input_masked(n, tuple(idx[:axis]) + (local,) + tuple(idx[axis + 1:]), where, 0))
-        parts.append((offset + size, read))
-        offset += size
+        lo, hi = dim_expr(offset), dim_expr(D.add(offset, size))
+        where = L.logical_and(idx[axis].ge(lo), idx[axis].lt(hi))
+        read = L.cast(d, ctx.input_masked(n, tuple(idx[:axis]) + (idx[axis] - lo,) + tuple(idx[axis + 1:]), where, 0))
+        parts.append((hi, read))
+        offset = D.add(offset, size)
     if not parts:  # every part is empty, and so is the output
         return L.Const(0, d)
     expr = parts[-1][1]
@@ -122,8 +125,15 @@ register(OpDef("concat", "injective", _concat_infer, attrs={"axis": Attr("int", 
 
 
 # -- slice --------------------------------------------------------------------------------
-def slice_extent(begin: int, end: int, step: int) -> int:
-    """Number of elements of range(begin, end, step) (begin/end already clamped as numpy does)."""
+def slice_extent(begin, end, step: int):
+    """Number of elements of range(begin, end, step) (begin/end already clamped as numpy does).
+    Symbolic begin/end (dimensions) are taken to be in order: the extent is their difference."""
+    if not (isinstance(begin, int) and isinstance(end, int)):
+        if step == 1:
+            return D.sub(end, begin)
+        if step == -1:
+            return D.sub(begin, end)
+        raise ShapeError(f"slice: a step of {step} over a symbolic range ({begin} to {end}) is not supported")
     if step > 0:
         return max(0, (end - begin + step - 1) // step)
     return max(0, (begin - end - step - 1) // (-step))
@@ -141,10 +151,10 @@ def _slice_infer(ts, attrs):
 
 
 register(OpDef("slice", "injective", _slice_infer,
-               attrs={"begin": Attr("ints", required=True), "end": Attr("ints", required=True),
+               attrs={"begin": Attr("dims", required=True), "end": Attr("dims", required=True),
                       "step": Attr("ints", required=True)},
-               compute=lambda ctx, idx: ctx.input(0, [i * s + b for i, b, s in zip(idx, ctx.attrs["begin"],
-                                                                                  ctx.attrs["step"])]),
+               compute=lambda ctx, idx: ctx.input(0, [i * s + dim_expr(b) for i, b, s in zip(idx, ctx.attrs["begin"],
+                                                                                            ctx.attrs["step"])]),
                doc="per-axis begin/end/step, already normalised like Python's slice.indices()"))
 
 

@@ -30,7 +30,7 @@ KINDS = ("elementwise", "injective", "reduce", "composite", "source")
 
 @dataclass(frozen=True)
 class Attr:
-    """Declares one attribute: `type` is one of int, float, bool, str, ints, floats, dtype, array, any."""
+    """Declares one attribute: `type` is one of int, float, bool, str, ints, dims, floats, dtype, array, any."""
 
     type: str
     default: Any = None
@@ -62,6 +62,10 @@ def _coerce(op: str, name: str, spec: Attr, value):
             if value is None:
                 return None
             return tuple(int(v) for v in value)
+        if t == "dims":  # shape entries: ints or symbolic dimensions (ir/dims.py)
+            from ubique.ir.dims import norm
+
+            return tuple(int(v) if isinstance(v, (int, np.integer)) else norm(v) for v in value)
         if t == "floats":
             return tuple(float(v) for v in value)
         if t == "dtype":

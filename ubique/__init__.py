@@ -3,13 +3,14 @@ __version__ = "0.1.0"
 
 from ubique import errors  # noqa: E402  (first: every layer imports it)
 from ubique.errors import (  # noqa: E402
-    CacheError, DTypeError, RuntimeFailure, ShapeError, ToolchainError, TraceError, UbiqueError,
+    CacheError, DTypeError, ModelError, RuntimeFailure, ShapeError, ToolchainError, TraceError, UbiqueError,
     UnsupportedOpError, VerifyError,
 )
 from ubique.ir.dtypes import DType  # noqa: E402
 from ubique.ops import *  # noqa: E402,F401,F403
 from ubique.jit import JitFunction, Lowered, jit  # noqa: E402
 from ubique.build import build, cache_info  # noqa: E402
+from ubique.model import Model, compile, import_onnx  # noqa: E402
 from ubique.runtime.native import set_num_threads  # noqa: E402
 from ubique import targets  # noqa: E402
 

@@ -15,6 +15,7 @@ __all__ = [
     "ToolchainError",
     "RuntimeFailure",
     "CacheError",
+    "ModelError",
 ]
 
 
@@ -52,3 +53,7 @@ class RuntimeFailure(UbiqueError, RuntimeError):
 
 class CacheError(UbiqueError):
     """Raised when the on-disk cache cannot be created or written, or is given a bad key."""
+
+
+class ModelError(UbiqueError, ValueError):
+    """Raised when a model file (ONNX, .ubq) is corrupt, truncated, malformed or unsafe to load."""

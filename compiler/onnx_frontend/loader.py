@@ -1,0 +1,135 @@
+"""Reading ONNX models safely: protobuf parsing, tensors, and external data.
+
+External-data files are read only from the model's own folder: a location that is
+absolute or escapes that folder (`../../etc/passwd`, a symlink out) is refused, as
+are offsets and lengths outside the file. Any parse failure becomes a ModelError.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ubique.errors import DTypeError, ModelError, UbiqueError
+from ubique.ir.dtypes import DType
+
+
+def require_onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise UbiqueError("importing ONNX models needs the onnx package: pip install 'ubique[onnx]'") from None
+    return onnx
+
+
+def load_model(source):
+    """An onnx.ModelProto from a path, bytes or a ModelProto, with external data resolved
+    inside the model's folder. Returns (model, base folder or None)."""
+    onnx = require_onnx()
+    if isinstance(source, onnx.ModelProto):
+        return source, None
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data, base = bytes(source), None
+    else:
+        path = Path(os.fspath(source))
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ModelError(f"cannot read ONNX model {path}: {e.strerror or e}") from None
+        base = path.resolve().parent
+    if not data:
+        raise ModelError("the ONNX model is empty (0 bytes)")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception as e:  # protobuf raises DecodeError (and others) on corrupt bytes
+        raise ModelError(f"the ONNX model is corrupt or truncated: {type(e).__name__}: {e}") from None
+    if not model.HasField("graph") or not model.graph.node and not model.graph.output:
+        raise ModelError("the file is not an ONNX model (it parsed, but holds no graph); "
+                         "is it truncated or another format?")
+    return model, base
+
+
+# ONNX TensorProto element types -> ubique dtypes (others are refused by name)
+_ONNX_DTYPES = {1: DType.float32, 2: DType.uint8, 3: DType.int8, 6: DType.int32, 7: DType.int64,
+                9: DType.bool, 10: DType.float16, 11: DType.float64, 16: DType.bfloat16}
+
+
+def onnx_dtype(code: int, what: str) -> DType:
+    try:
+        return _ONNX_DTYPES[code]
+    except KeyError:
+        onnx = require_onnx()
+        name = onnx.TensorProto.DataType.Name(code) if code in onnx.TensorProto.DataType.values() else str(code)
+        raise DTypeError(f"{what}: ONNX element type {name} is not supported "
+                         f"(supported: {', '.join(d.name for d in _ONNX_DTYPES.values())})") from None
+
+
+def tensor_to_array(t, base: Path | None) -> np.ndarray:
+    """A TensorProto as a numpy array; external data is read from `base` only."""
+    onnx = require_onnx()
+    from onnx import numpy_helper
+
+    dtype = onnx_dtype(t.data_type, f"tensor {t.name!r}")
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        return _external(t, base, dtype)
+    try:
+        arr = numpy_helper.to_array(t)
+    except Exception as e:
+        raise ModelError(f"tensor {t.name!r} is malformed: {e}") from None
+    if dtype is DType.bfloat16:
+        return arr.astype(dtype.to_numpy()) if arr.dtype != dtype.to_numpy() else arr
+    return np.ascontiguousarray(arr)
+
+
+def _external(t, base: Path | None, dtype: DType) -> np.ndarray:
+    info = {e.key: e.value for e in t.external_data}
+    where = info.get("location", "")
+    if base is None:
+        raise ModelError(f"tensor {t.name!r} keeps its data in an external file ({where!r}); "
+                         "load the model from its path so the file can be found beside it")
+    if not where or os.path.isabs(where) or "\\" in where:
+        raise ModelError(f"tensor {t.name!r}: external data location {where!r} is not a relative path "
+                         "inside the model's folder; refusing to read it")
+    path = (base / where).resolve()
+    if base.resolve() not in path.parents:
+        raise ModelError(f"tensor {t.name!r}: external data location {where!r} escapes the model's "
+                         f"folder {base}; refusing to read it")
+    shape = tuple(t.dims)
+    itemsize = dtype.to_numpy().itemsize
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    offset = int(info.get("offset", 0))
+    length = int(info.get("length", count * itemsize))
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise ModelError(f"tensor {t.name!r}: cannot open external data file {where!r}: {e.strerror}") from None
+    if offset < 0 or length != count * itemsize or offset + length > size:
+        raise ModelError(f"tensor {t.name!r}: external data range (offset {offset}, length {length}) does not "
+                         f"fit its shape {shape} or the file {where!r} ({size} bytes)")
+    with open(path, "rb") as f:
+        f.seek(offset)
+        raw = f.read(length)
+    return np.frombuffer(raw, dtype.to_numpy(), count).reshape(shape).copy()
+
+
+def attributes(node) -> dict:
+    """A node's attributes as Python values (tensors as numpy arrays, graphs refused)."""
+    onnx = require_onnx()
+    from onnx import helper
+
+    out = {}
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.TENSOR:
+            out[a.name] = tensor_to_array(a.t, None)
+        elif a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+            out[a.name] = None  # control flow bodies: the op handler refuses them
+        else:
+            v = helper.get_attribute_value(a)
+            if isinstance(v, bytes):
+                v = v.decode("utf-8", "replace")
+            elif isinstance(v, list) and v and isinstance(v[0], bytes):
+                v = [x.decode("utf-8", "replace") for x in v]
+            out[a.name] = v
+    return out
