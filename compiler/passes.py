@@ -70,9 +70,10 @@ def fold_constants(g: Graph, evaluate: Callable[[Graph], list[np.ndarray]]) -> G
     def fn(ng, n, ins):
         if n.op == "constant" or not ins or not all(v.node is not None and v.node.op == "constant" for v in ins):
             return None
+        if not all(o.type.is_static for o in n.outputs):
+            return None  # a symbolic size (a weight sliced to the sequence length): computed per call
         biggest = max(v.type.size for v in ins)
-        if any(o.type.size > max(FOLD_MAX_ELEMENTS, biggest) for o in n.outputs) or \
-                not all(o.type.is_static for o in n.outputs):
+        if any(o.type.size > max(FOLD_MAX_ELEMENTS, biggest) for o in n.outputs):
             return None
         sub = Graph("fold")
         consts = [sub.constant(v.node.attrs["value"]) for v in ins]

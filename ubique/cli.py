@@ -1,4 +1,5 @@
-"""The `ubique` command line: `ubique targets`, `ubique cache [--clear]`, `ubique --version`."""
+"""The `ubique` command line: `ubique run`, `ubique inspect`, `ubique targets`,
+`ubique cache [--clear]`, `ubique --version`."""
 from __future__ import annotations
 
 import argparse
@@ -32,6 +33,76 @@ def _cache(args) -> int:
     return 0
 
 
+def _parse_dims(items) -> dict:
+    """--dims batch=1:64 seq=128  ->  {"batch": (1, 64), "seq": 128}"""
+    from ubique.errors import ShapeError
+
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        try:
+            lo, colon, hi = value.partition(":")
+            out[name] = (int(lo), int(hi) if hi else None) if colon else int(value)
+        except ValueError:
+            raise ShapeError(f"--dims {item!r}: expected NAME=SIZE or NAME=LO:HI") from None
+        if not sep or not name:
+            raise ShapeError(f"--dims {item!r}: expected NAME=SIZE or NAME=LO:HI")
+    return out
+
+
+def _load_inputs(model, items) -> dict:
+    import numpy as np
+
+    from ubique.errors import ShapeError
+
+    feeds = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise ShapeError(f"--input {item!r}: expected NAME=FILE.npy")
+        try:
+            feeds[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ShapeError(f"--input {name}: cannot read {path!r} as a .npy array: {e}") from None
+    return feeds
+
+
+def _run(args) -> int:
+    import numpy as np
+
+    import ubique as ub
+
+    model = ub.compile(ub.import_onnx(args.model), args.target, dims=_parse_dims(args.dims))
+    outputs = model.run(_load_inputs(model, args.input))
+    for spec, out in zip(model.outputs, outputs):
+        if args.output:
+            path = f"{args.output.rstrip('/')}/{spec.name.replace('/', '_')}.npy"
+            np.save(path, out)
+            print(f"{spec.name}: {out.dtype}{list(out.shape)} -> {path}")
+        else:
+            print(f"{spec.name}: {out.dtype}{list(out.shape)}")
+            print(np.array2string(out, threshold=args.max_elements, precision=6))
+    return 0
+
+
+def _inspect(args) -> int:
+    import collections
+
+    import ubique as ub
+
+    graph = ub.import_onnx(args.model)
+    print(f"inputs:  {', '.join(f'{v.name}: {v.type}' for v in graph.inputs)}")
+    print(f"outputs: {', '.join(f'{v.name}: {v.type}' for v in graph.outputs)}")
+    counts = collections.Counter(n.op for n in graph.nodes if n.op != "constant")
+    weights = sum(n.attrs["value"].nbytes for n in graph.nodes if n.op == "constant")
+    print(f"ops ({sum(counts.values())} nodes, {weights / 1e6:.2f} MB of constants): "
+          + ", ".join(f"{op} x{k}" for op, k in counts.most_common()))
+    if not args.summary:
+        print()
+        print(graph)
+    return 0
+
+
 def main(argv=None) -> int:
     import ubique
 
@@ -42,6 +113,18 @@ def main(argv=None) -> int:
     cache = sub.add_parser("cache", help="show (or --clear) the compiled-code cache")
     cache.add_argument("--clear", action="store_true")
     cache.set_defaults(fn=_cache)
+    run = sub.add_parser("run", help="compile a model and run it on .npy inputs")
+    run.add_argument("model", help="an .onnx file")
+    run.add_argument("--input", action="append", metavar="NAME=FILE.npy", help="one per model input")
+    run.add_argument("--output", metavar="DIR", help="save outputs as DIR/<name>.npy instead of printing")
+    run.add_argument("--target", default=None, help="target name (default: this host)")
+    run.add_argument("--dims", nargs="*", metavar="NAME=SIZE|LO:HI", help="specialise or bound symbolic sizes")
+    run.add_argument("--max-elements", type=int, default=100, help="print arrays in full up to this size")
+    run.set_defaults(fn=_run)
+    inspect = sub.add_parser("inspect", help="show a model's graph IR and the ops it uses")
+    inspect.add_argument("model", help="an .onnx file")
+    inspect.add_argument("--summary", action="store_true", help="inputs, outputs and op counts only")
+    inspect.set_defaults(fn=_inspect)
     args = parser.parse_args(argv)
     try:
         return args.fn(args)

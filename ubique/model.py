@@ -78,8 +78,11 @@ def compile(graph: Graph, target=None, *, dims: dict | None = None) -> Model:
     return Model(graph, build(graph, t, dims=dims), t.name)
 
 
-def import_onnx(source) -> Graph:
-    """An ONNX model (path, bytes or onnx.ModelProto) as a ubique graph (needs `pip install ubique[onnx]`)."""
+def import_onnx(source, constants: dict | None = None) -> Graph:
+    """An ONNX model (path, bytes or onnx.ModelProto) as a ubique graph (needs `pip install ubique[onnx]`).
+
+    Named sizes of the model's inputs ("batch", "seq") stay symbolic. `constants` binds graph
+    inputs to fixed values, for inputs that decide shapes (a Reshape's target fed as an input)."""
     from ubique.compiler.onnx_frontend import import_onnx as _import
 
-    return _import(source)
+    return _import(source, constants)

@@ -24,7 +24,17 @@ from ubique.ir.dtypes import DType, dtype_of
 from ubique.ir.graph import Graph, TensorType, Value
 from ubique.compiler.onnx_frontend.loader import attributes, load_model, onnx_dtype, tensor_to_array
 
-MIN_OPSET, MAX_OPSET = 7, 23
+MIN_OPSET = 1
+
+
+class NonConstantInput(UnsupportedOpError):
+    """An input that decides a shape (Reshape's shape, Slice's starts...) is not known at
+    import time. `tensor` names it; binding the graph inputs it depends on as constants
+    (import_onnx(..., constants=...)) resolves it."""
+
+    def __init__(self, message: str, tensor: str):
+        super().__init__(message)
+        self.tensor = tensor
 
 
 class NodeContext:
@@ -51,11 +61,18 @@ class NodeContext:
 
     def ints(self, i: int, what: str) -> list:
         """A constant int vector input (entries may be symbolic Sym)."""
+        return [x if isinstance(x, Sym) else int(x) for x in self.known_input(i, what).reshape(-1).tolist()]
+
+    def floats(self, i: int, what: str) -> list[float]:
+        return [float(x) for x in self.known_input(i, what).reshape(-1).tolist()]
+
+    def known_input(self, i: int, what: str) -> np.ndarray:
         c = self.const(i)
         if c is None:
-            raise UnsupportedOpError(f"{self.node.op_type} node {self.name!r}: input {what!r} must be a "
-                                     "constant (or computed from shapes); data-dependent shapes are not supported")
-        return [x if isinstance(x, Sym) else int(x) for x in np.asarray(c).reshape(-1).tolist()]
+            raise NonConstantInput(f"{self.node.op_type} node {self.name!r}: input {what!r} must be a constant "
+                                   "(or computed from shapes); its value decides the output shape",
+                                   self.node.input[i])
+        return np.asarray(c)
 
     def value(self, i: int) -> Value:
         return self.imp.value(self.node.input[i])
@@ -84,7 +101,7 @@ class NodeContext:
 
 
 class Importer:
-    def __init__(self, model, base: Path | None):
+    def __init__(self, model, base: Path | None, constants: dict | None = None):
         import onnx
 
         self.model = model
@@ -92,6 +109,7 @@ class Importer:
         self.graph = Graph(_ident(model.graph.name or "onnx_model"))
         self.values: dict[str, Value] = {}
         self.known: dict[str, np.ndarray] = {}   # tensors known at import time
+        self.bound = {name: np.asarray(a) for name, a in (constants or {}).items()}
         self._const_values: dict[int, Value] = {}
         self.node_index = 0
         self.opset = 0
@@ -100,9 +118,10 @@ class Importer:
                 self.opset = o.version
         if not self.opset:
             self.opset = onnx.defs.onnx_opset_version() if not model.opset_import else 1
-        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+        newest = onnx.defs.onnx_opset_version()
+        if not MIN_OPSET <= self.opset <= newest:
             raise UnsupportedOpError(f"the model uses ONNX opset {self.opset}; ubique imports opsets "
-                                     f"{MIN_OPSET} to {MAX_OPSET} (convert it with onnx.version_converter)")
+                                     f"{MIN_OPSET} to {newest} (convert it with onnx.version_converter)")
 
     # -- values -------------------------------------------------------------------------
     def value(self, name: str) -> Value:
@@ -150,6 +169,10 @@ class Importer:
             self.known[t.name] = tensor_to_array(t, self.base)
         for t in graph.sparse_initializer:
             raise UnsupportedOpError(f"sparse initializer {t.values.name!r} is not supported")
+        unknown = sorted(set(self.bound) - {i.name for i in graph.input})
+        if unknown:
+            raise ModelError(f"constants= names {unknown}, which are not graph inputs")
+        self.known.update(self.bound)
         for inp in graph.input:
             if inp.name in self.known:
                 continue  # old exporters list initializers among the inputs
@@ -202,14 +225,32 @@ def _input_type(inp) -> TensorType:
     return TensorType(tuple(shape), dtype)
 
 
-def import_onnx(source) -> Graph:
+def import_onnx(source, constants: dict | None = None) -> Graph:
     """An ONNX model (path, bytes or onnx.ModelProto) as a ubique graph.
 
     Named input sizes ("batch", "seq") stay symbolic: compile once, run at any size.
-    Raises ModelError for corrupt files or unsafe external data, and
-    UnsupportedOpError naming every unsupported op with its nodes."""
+    `constants` binds graph inputs to fixed values (they stop being inputs): needed when
+    an input decides a shape, e.g. the `axes` of a ReduceSum fed as a graph input.
+    Raises ModelError for corrupt files or unsafe external data, UnsupportedOpError
+    naming every unsupported op with its nodes, NonConstantInput for shape-deciding
+    inputs that are not bound."""
     model, base = load_model(source)
-    return Importer(model, base).run()
+    return Importer(model, base, constants).run()
+
+
+def upstream_inputs(model, tensor: str) -> list[str]:
+    """The graph inputs a tensor is computed from (in graph input order)."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inputs = [i.name for i in model.graph.input]
+    seen, stack = set(), [tensor]
+    while stack:
+        t = stack.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        if t in producers:
+            stack.extend(x for x in producers[t].input if x)
+    return [i for i in inputs if i in seen]
 
 
 def symbolic(values) -> np.ndarray:

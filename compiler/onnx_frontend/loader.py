@@ -80,7 +80,7 @@ def tensor_to_array(t, base: Path | None) -> np.ndarray:
         raise ModelError(f"tensor {t.name!r} is malformed: {e}") from None
     if dtype is DType.bfloat16:
         return arr.astype(dtype.to_numpy()) if arr.dtype != dtype.to_numpy() else arr
-    return np.ascontiguousarray(arr)
+    return np.array(arr, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
 
 
 def _external(t, base: Path | None, dtype: DType) -> np.ndarray:

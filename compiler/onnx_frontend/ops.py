@@ -83,9 +83,15 @@ def _binary(ctx):
 
 @handles("Div")
 def _div(ctx):
-    if _all_known(ctx) and ctx.const(0).dtype == object:
-        return [np.array([Sym.of(x) // y for x, y in zip(*np.broadcast_arrays(ctx.const(0), ctx.const(1)))],
-                         dtype=object).reshape(np.broadcast_shapes(ctx.const(0).shape, ctx.const(1).shape))]
+    if _all_known(ctx) and (ctx.const(0).dtype == object or ctx.const(0).size <= 64):
+        a, b = ctx.const(0), ctx.const(1)
+        if a.dtype == object or b.dtype == object:  # sizes: exact floor division of dimensions
+            a, b = np.broadcast_arrays(a, b)
+            return [np.array([Sym.of(x) // y for x, y in zip(a.reshape(-1), b.reshape(-1))],
+                             dtype=object).reshape(a.shape)]
+        if a.dtype.kind in "iu":  # integer division truncates toward zero
+            return [(np.sign(a) * np.sign(b) * (np.abs(a) // np.abs(b))).astype(a.dtype)]
+        return [(a / b).astype(a.dtype)]
     a, b = ctx.value(0), ctx.value(1)
     out = ctx.op("div", a, b)
     if not a.dtype.is_float:  # integer division truncates toward zero (C semantics, as the reference)
@@ -173,8 +179,12 @@ def _as_value(ctx, b, dtype):
 def _cast(ctx):
     to = onnx_dtype(ctx.attr("to"), f"Cast node {ctx.name!r}")
     c = ctx.const(0)
-    if c is not None and c.dtype == object and not to.is_float:
-        return [c]  # symbolic sizes stay sizes
+    if c is not None and c.dtype == object:
+        if any(isinstance(x, Sym) and not x.is_const for x in c.reshape(-1)):
+            return [c]  # symbolic sizes stay sizes (shape arithmetic casts them back and forth)
+        c = np.array([int(x) for x in c.reshape(-1)], np.int64).reshape(c.shape)
+    if c is not None and c.size <= 1024 and to is not DType.bfloat16:
+        return [c.astype(to.to_numpy())]
     return [ctx.op("cast", ctx.value(0), dtype=to)]
 
 
@@ -188,7 +198,7 @@ def _identity(ctx):
     c = ctx.const(0)
     out = c if c is not None else ctx.value(0)
     if ctx.node.op_type == "Dropout":
-        if ctx.has(2) and ctx.const(2) is not None and bool(np.asarray(ctx.const(2)).reshape(-1)[0]):
+        if ctx.has(2) and ctx.ints(2, "training_mode")[0]:
             ctx.unsupported("training_mode=True is not supported (inference only)")
         mask = np.ones(tuple(int(d) for d in ctx.shape(0)), bool) if len(ctx.node.output) > 1 else None
         return [out, mask]
@@ -334,12 +344,21 @@ def _instance_norm(ctx):
 
 @handles("LayerNormalization")
 def _layer_norm(ctx):
-    if len([o for o in ctx.node.output if o]) > 1:
-        ctx.unsupported("the Mean and InvStdDev outputs (training) are not supported")
-    if int(ctx.attr("stash_type", 1)) != 1:
-        ctx.unsupported("stash_type other than float32 is not supported")
     ins = [ctx.value(i) for i in range(ctx.num_inputs) if ctx.has(i)]
-    return [ctx.op("layer_norm", *ins, axis=int(ctx.attr("axis", -1)), epsilon=float(ctx.attr("epsilon", 1e-5)))]
+    x = ins[0]
+    axis, eps = normalize_axis("LayerNormalization", int(ctx.attr("axis", -1)), x.type.rank), \
+        float(ctx.attr("epsilon", 1e-5))
+    y = ctx.op("layer_norm", *ins, axis=axis, epsilon=eps)
+    if len(ctx.node.output) == 1:
+        return [y]
+    # the optional Mean and InvStdDev outputs (computed in float32, the default stash_type)
+    axes = tuple(range(axis, x.type.rank))
+    xf = ctx.op("cast", x, dtype=DType.float32)
+    mean = ctx.op("mean", xf, axes=axes, keepdims=True)
+    centred = ctx.op("sub", xf, mean)
+    var = ctx.op("mean", ctx.op("mul", centred, centred), axes=axes, keepdims=True)
+    inv = ctx.op("rsqrt", ctx.op("add", var, ctx.constant(eps, DType.float32)))
+    return [y, mean, inv]
 
 
 @handles("Softmax", "LogSoftmax")
@@ -428,10 +447,21 @@ def _reduce(ctx):
 
 @handles("ArgMax", "ArgMin")
 def _arg(ctx):
-    if ctx.attr("select_last_index", 0):
-        ctx.unsupported("select_last_index=1 is not supported")
     op = "argmax" if ctx.node.op_type == "ArgMax" else "argmin"
-    return [ctx.op(op, ctx.value(0), axis=int(ctx.attr("axis", 0)), keepdims=bool(ctx.attr("keepdims", 1)))]
+    x = ctx.value(0)
+    axis = normalize_axis(op, int(ctx.attr("axis", 0)), x.type.rank)
+    keep = bool(ctx.attr("keepdims", 1))
+    if not ctx.attr("select_last_index", 0):
+        return [ctx.op(op, x, axis=axis, keepdims=keep)]
+    # the last extreme index: the first one along the reversed axis, mirrored back
+    n = x.shape[axis]
+    if not isinstance(n, int):
+        ctx.unsupported("select_last_index=1 over a symbolic axis is not supported")
+    begin, end, step = [0] * x.type.rank, list(x.shape), [1] * x.type.rank
+    begin[axis], end[axis], step[axis] = n - 1, -1, -1
+    first = ctx.op(op, ctx.op("slice", x, begin=tuple(begin), end=tuple(end), step=tuple(step)),
+                   axis=axis, keepdims=keep)
+    return [ctx.op("sub", ctx.constant(n - 1, DType.int64), first)]
 
 
 # -- shapes ---------------------------------------------------------------------------------------
@@ -471,9 +501,7 @@ def _constant_of_shape(ctx):
 
 @handles("Range")
 def _range(ctx):
-    if not _all_known(ctx):
-        ctx.unsupported("start, limit and delta must be constants (the output size depends on them)")
-    start, limit, delta = (np.asarray(ctx.const(i)).reshape(()) for i in range(3))
+    start, limit, delta = (ctx.known_input(i, name).reshape(()) for i, name in enumerate(("start", "limit", "delta")))
     if any(a.dtype == object for a in (start, limit, delta)):
         ctx.unsupported("a range over a symbolic size is not supported; give that size statically with dims=")
     n = max(int(np.ceil((limit - start) / delta)), 0)
@@ -690,10 +718,8 @@ def _pad(ctx):
         pads, value, axes = list(ctx.attr("pads")), float(ctx.attr("value", 0.0)), None
     else:
         pads = ctx.ints(1, "pads")
-        value = float(np.asarray(ctx.const(2)).reshape(-1)[0]) if ctx.has(2) and ctx.const(2) is not None \
-            and np.asarray(ctx.const(2)).size else 0.0
-        if ctx.has(2) and ctx.const(2) is None:
-            ctx.unsupported("constant_value must be a constant")
+        value = ctx.floats(2, "constant_value") if ctx.has(2) else []
+        value = value[0] if value else 0.0
         axes = ctx.ints(3, "axes") if ctx.has(3) else None
     if axes is not None:
         full = [0] * (2 * rank)
@@ -717,12 +743,12 @@ def _resize(ctx):
     shape = x.shape
     scales = sizes = None
     if ctx.opset < 11:
-        scales = [float(s) for s in np.asarray(ctx.const(1)).reshape(-1)]
+        scales = ctx.floats(1, "scales")
     else:
         if ctx.has(3):
             sizes = ctx.ints(3, "sizes")
         elif ctx.has(2):
-            scales = [float(s) for s in np.asarray(ctx.const(2)).reshape(-1)]
+            scales = ctx.floats(2, "scales")
     axes = ctx.attr("axes")
     if axes is not None:
         axes = [normalize_axis("Resize", int(a), len(shape)) for a in axes]
