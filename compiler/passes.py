@@ -64,21 +64,113 @@ def common_subexpression_elimination(g: Graph) -> Graph:
     return rewrite(g, fn)
 
 
-def fold_constants(g: Graph, evaluate: Callable[[Graph], list[np.ndarray]]) -> Graph:
-    """Replaces nodes whose inputs are all constants by constants, computed by `evaluate`
-    (which compiles and runs a one-node graph: the op has one meaning, the compiled one)."""
+def _constant_valued(g: Graph) -> set[int]:
+    """Ids of values computed from constants only (static shapes)."""
+    out: set[int] = set()
+    for n in g.nodes:
+        if n.op == "constant" or (n.inputs and all(v.id in out for v in n.inputs)
+                                  and all(o.type.is_static for o in n.outputs)):
+            out.update(v.id for v in n.outputs)
+    return out
+
+
+def _channel_scale(scale: Value, conv_out: Value) -> bool:
+    """True if `scale` broadcasts against an NCHW conv output as one value per channel."""
+    shape = tuple(scale.shape)
+    if len(shape) > 4 or conv_out.type.rank != 4:
+        return False
+    full = (1,) * (4 - len(shape)) + shape
+    return full[0] == 1 and full[2] == 1 and full[3] == 1 and full[1] in (1, conv_out.shape[1])
+
+
+def fold_scale_into_conv(g: Graph) -> Graph:
+    """conv2d(x, W) * s  ->  conv2d(x, W * s)  for a per-output-channel constant s (batch
+    normalisation after a convolution), also through a per-channel bias: (conv + b) * s ->
+    conv(x, W * s) + b * s. Constant folding then computes the new weights once."""
+    const = _constant_valued(g)
+    users = g.users()
+    outputs = {v.id for v in g.outputs}
+
+    def single(v):
+        return len(users.get(v.id, [])) == 1 and v.id not in outputs
+
+    def match(n):
+        if n.op != "mul":
+            return None
+        for c, scale in ((n.inputs[0], n.inputs[1]), (n.inputs[1], n.inputs[0])):
+            if scale.id not in const or c.node is None or not single(c) or c.dtype != scale.dtype:
+                continue
+            conv, bias = c.node, None
+            if conv.op == "add":
+                a, b = conv.inputs
+                conv, bias = (a.node, b) if b.id in const else (b.node, a) if a.id in const else (None, None)
+                if conv is None or not single(conv.output) or not _channel_scale(bias, conv.output):
+                    continue
+            if conv.op == "conv2d" and conv.inputs[1].id in const and _channel_scale(scale, conv.output) \
+                    and tuple(n.output.shape) == tuple(conv.output.shape):
+                return conv, bias, scale
+        return None
+
     def fn(ng, n, ins):
-        if n.op == "constant" or not ins or not all(v.node is not None and v.node.op == "constant" for v in ins):
+        found = match(n)
+        if found is None:
             return None
+        conv, bias, scale = found
+        k = 0 if n.inputs[1] is scale else 1
+        new_c, s = ins[k], ins[1 - k]        # the rewritten graph's copies
+        new_conv = new_c.node if bias is None else next(v.node for v in new_c.node.inputs if v.node.op == "conv2d")
+        x, w = new_conv.inputs
+        size = int(np.prod(scale.shape))     # 1 or the channel count
+        w = ng.op("mul", w, ng.op("reshape", s, shape=(size, 1, 1, 1)))
+        y = ng.add_node("conv2d", [x, w], conv.attrs, conv.loc).output
+        if bias is not None:
+            new_bias = next(v for v in new_c.node.inputs if v.node is None or v.node.op != "conv2d")
+            y = ng.op("add", y, ng.op("mul", new_bias, s))
+        return [y]
+
+    return rewrite(g, fn)
+
+
+def fold_constants(g: Graph, evaluate: Callable[[Graph], list[np.ndarray]]) -> Graph:
+    """Replaces nodes computed from constants only by constants. All of them are evaluated
+    together by `evaluate`, which compiles and runs one graph (so an op has one meaning, the
+    compiled one, and a model with many foldable nodes costs one compilation)."""
+    is_const: set[int] = set()     # value ids known at compile time
+    folded: list[Node] = []
+    for n in g.nodes:
+        if n.op == "constant":
+            is_const.update(v.id for v in n.outputs)
+            continue
+        if not n.inputs or not all(v.id in is_const for v in n.inputs):
+            continue
         if not all(o.type.is_static for o in n.outputs):
-            return None  # a symbolic size (a weight sliced to the sequence length): computed per call
-        biggest = max(v.type.size for v in ins)
+            continue  # a symbolic size (a weight sliced to the sequence length): computed per call
+        biggest = max(v.type.size for v in n.inputs)
         if any(o.type.size > max(FOLD_MAX_ELEMENTS, biggest) for o in n.outputs):
+            continue
+        folded.append(n)
+        is_const.update(v.id for v in n.outputs)
+    if not folded:
+        return g
+    # the folded values something else reads (or the graph returns)
+    folded_ids = {id(n) for n in folded}
+    needed = {v.id for n in g.nodes if id(n) not in folded_ids for v in n.inputs} | {v.id for v in g.outputs}
+    wanted = [o for n in folded for o in n.outputs if o.id in needed]
+    if not wanted:
+        return g
+    sub = Graph("fold")
+    vmap = {}
+    for n in g.nodes:
+        if n.op == "constant" or id(n) in folded_ids:
+            outs = sub.add_node(n.op, [vmap[v.id] for v in n.inputs], n.attrs).outputs
+            vmap.update({old.id: new for old, new in zip(n.outputs, outs)})
+    sub.outputs = [vmap[v.id] for v in wanted]
+    values = {v.id: arr for v, arr in zip(wanted, evaluate(sub))}
+
+    def fn(ng, n, ins):
+        if id(n) not in folded_ids:
             return None
-        sub = Graph("fold")
-        consts = [sub.constant(v.node.attrs["value"]) for v in ins]
-        sub.outputs = sub.add_node(n.op, consts, n.attrs).outputs
-        return [ng.constant(arr, o.dtype) for arr, o in zip(evaluate(sub), n.outputs)]
+        return [ng.constant(values[o.id], o.dtype) if o.id in values else None for o in n.outputs]
 
     return rewrite(g, fn)
 

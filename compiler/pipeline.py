@@ -89,6 +89,7 @@ def optimize_graph(g: Graph, fold: bool = True, timings: dict | None = None) -> 
 
     verify_graph(g)
     g = run("decompose", passes.decompose, g)
+    g = run("fold_scale_into_conv", passes.fold_scale_into_conv, g)
     if fold:
         g = run("fold_constants", lambda x: passes.fold_constants(x, _evaluate_constant_graph), g)
     g = run("cse", passes.common_subexpression_elimination, g)

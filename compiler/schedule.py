@@ -118,7 +118,8 @@ def default_schedule(kernel: L.Kernel, rank: int, work: int, lanes: int, threads
         if vectorized is not body:
             body, cols, reduces = vectorized, 1, False
     parallel_ok = work >= PARALLEL_MIN_WORK and threads > 1
-    if cols > 1 and reduces and rank >= 2 and _static(find_loop(body, names[-2]).extent, 0) >= ROWS \
+    # (a symbolic row count, such as a batch, is taken to be large)
+    if cols > 1 and reduces and rank >= 2 and _static(find_loop(body, names[-2]).extent) >= ROWS \
             and cols >= lanes:
         return L.Kernel(kernel.name, kernel.params, kernel.dims,
                         _register_tile(body, names, cols, lanes, threads, parallel_ok))
@@ -200,16 +201,22 @@ def _register_tile(body, names, cols, lanes, threads, parallel_ok):
 
 
 def peel(s: L.Stmt, name: str, factor: int) -> L.Stmt:
-    """for v < n (static)  ->  for v_o < n//f: for v_i < f: body[v := v_o*f + v_i]
-    followed by  for v_r < n%f: body[v := (n//f)*f + v_r]  (every inner extent is constant)."""
+    """for v < n  ->  for v_o < n//f: for v_i < f: body[v := v_o*f + v_i]
+    followed by  for v_r < n%f: body[v := (n//f)*f + v_r]  (every inner extent is constant;
+    for a symbolic n the tail loop is always there and runs n%f times)."""
     if not isinstance(factor, int) or factor < 1:
         raise VerifyError(f"schedule: peel factor must be a positive int, got {factor!r}")
 
     def fn(f: L.For):
-        if not isinstance(f.extent, L.Const):
-            raise VerifyError(f"schedule: peel needs a constant extent for {name!r}, got {f.extent!r}")
-        n = f.extent.value
         outer, inner, rest = L.Var(name + "_o"), L.Var(name + "_i"), L.Var(name + "_r")
+        if not isinstance(f.extent, L.Const):
+            n = f.extent
+            main = L.For(outer, n // factor, L.For(inner, factor, L.substitute(f.body, {f.var: outer * factor + inner}),
+                                                   f.kind, f.lanes))
+            tail = L.For(rest, n % factor, L.substitute(f.body, {f.var: (n // factor) * factor + rest}),
+                         f.kind, f.lanes)
+            return L.Seq([main, tail])
+        n = f.extent.value
         main = L.For(outer, n // factor, L.For(inner, factor, L.substitute(f.body, {f.var: outer * factor + inner}),
                                                f.kind, f.lanes))
         if n % factor == 0:

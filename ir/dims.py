@@ -148,9 +148,12 @@ class Sym:
         if not self.terms:
             return "0"
         parts = []
-        for m in sorted(self.terms, key=lambda m: (-len(m), m)):
+        for k, m in enumerate(sorted(self.terms, key=lambda m: (-len(m), m))):
             c = self.terms[m]
-            body = "*".join(m)
+            # an opaque atom such as "(n + 1)//2" needs parentheses next to another factor or
+            # after a leading minus: "2*(n + 1)//2" would read back as (2*(n + 1))//2
+            wrap = len(m) > 1 or abs(c) != 1 or (k == 0 and c < 0)
+            body = "*".join(f"({a})" if wrap and not a.isidentifier() else a for a in m)
             if not m:
                 text = str(abs(c))
             elif abs(c) == 1:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ubique.errors import ShapeError
+from ubique.ir import dims as D
 from ubique.ir import loop as L
 from ubique.ir.dtypes import DType, promote, true_divide_result
 from ubique.ir.graph import TensorType
@@ -97,15 +98,17 @@ _arg_op("argmin", "argmin")
 def _mean_decompose(g, inputs, attrs):
     x = inputs[0]
     ax = reduced_axes("mean", x.type.rank, attrs["axes"])
-    count = 1
-    for a in ax:
-        count *= x.shape[a]
+    count = D.prod(x.shape[a] for a in ax)
     # accumulate like numpy: integers in float64 (no wrap-around), half precision in float32
     acc = DType.float32 if x.dtype in (DType.float16, DType.bfloat16) else true_divide_result(x.dtype)
     if x.dtype is not acc:
         x = g.op("cast", x, dtype=acc)
     s = g.op("sum", x, axes=attrs["axes"], keepdims=attrs["keepdims"])
-    return [g.op("div", s, g.constant(count, acc))]
+    if isinstance(count, int):
+        n = g.constant(count, acc)
+    else:  # a symbolic count (mean over the sequence): the sum of ones over the reduced axes
+        n = g.op("sum", g.op("broadcast_to", g.constant(1, acc), shape=tuple(x.shape[a] for a in ax)))
+    return [g.op("div", s, n)]
 
 
 register(OpDef("mean", "composite",

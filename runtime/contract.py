@@ -69,6 +69,10 @@ def bind(contract: DimContract, specs, shapes) -> dict[str, int]:
             if want != n:
                 raise ShapeError(f"input {name!r}: expected shape {_show(shape, env)}, got {tuple(actual)} "
                                  f"(axis {axis})")
+    for s in contract.symbols:
+        if s not in env:  # e.g. only a broadcast_to target names it: no call can give its value
+            raise ShapeError(f"dimension {s!r} is not the size of any input axis, so a call cannot set it; "
+                             f"specialise it with dims={{{s!r}: size}}")
     contract.check(env)
     return env
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import tempfile
+import threading
 import weakref
 from pathlib import Path
 
@@ -48,6 +49,7 @@ class Executable:
         self._symbolic = bool(contract is not None and contract.symbols)
         self._dynamic_memory = dynamic_memory
         self._plans: dict[tuple, tuple] = {}  # dims values -> (offsets table, workspace size)
+        self._plans_lock = threading.Lock()
 
     @property
     def inputs(self):
@@ -114,9 +116,11 @@ class Executable:
             return None, self.workspace_size
         plan = self._plans.get(values)
         if plan is None:
-            if len(self._plans) >= 64:  # bounded: a long-running server sees many sizes
-                self._plans.pop(next(iter(self._plans)))
-            plan = self._plans[values] = self._dynamic_memory.plan(env)
+            plan = self._dynamic_memory.plan(env)
+            with self._plans_lock:  # threads at new sizes: evict and insert one at a time
+                if len(self._plans) >= 64:  # bounded: a long-running server sees many sizes
+                    self._plans.pop(next(iter(self._plans)))
+                self._plans[values] = plan
         return plan
 
 

@@ -475,13 +475,21 @@ def test_vector_width_must_be_a_power_of_two():
     S.vectorize(k.body, "r0", 32)
 
 
-def test_peel_needs_a_constant_extent():
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 5, 11])
+def test_peel_of_a_symbolic_extent_covers_every_iteration(n, tmp_path):
+    """peel over a loop whose extent is a symbolic size: main blocks plus an n % f tail."""
     from ubique.compiler import schedule as S
+    from ubique.ir import loop as L
 
-    k = _reduction_kernel()
-    split = S.split(k.body, "r0", 3)
-    with pytest.raises(VerifyError, match="constant extent"):
-        S.peel(split, "r0_i", 2)  # extent min(3, 100 - r0_o * 3)
+    x = L.Buffer("x", DType.float32, [L.Var("n")])
+    out = L.Buffer("out", DType.float32, [L.Var("n")])
+    i = L.Var("i0")
+    body = S.peel(L.For(i, L.Var("n"), L.Store(out, [i], x[i] * 2.0)), "i0", 4)
+    kernel = L.Kernel("k", [x, out], [L.Var("n")], body)
+    xs = np.arange(n, dtype=np.float32) + 1
+    res = np.full(n, -1, np.float32)
+    run_kernel(kernel, [xs, res], tmp_path, dims=(n,))
+    np.testing.assert_array_equal(res, xs * 2)
 
 
 def test_verifier_rejects_non_reduction_assign_in_vectorized_loop():

@@ -14,8 +14,12 @@
  *         buffers handed in by a user are only guaranteed the alignment of their element type.
  *         On GPU targets the entry is the host-side launcher with this same type and args
  *         holds device pointers.
- *   dims  Values of the signature's symbolic dimensions, in signature order; may be NULL
- *         when the signature has none.
+ *   dims  Values of the signature's symbolic dimensions (named sizes such as "batch"), in
+ *         the order the compiler records (its DimContract: sorted names); may be NULL when
+ *         the signature has none. Every kernel of a model receives the model's whole array.
+ *         Model entries whose intermediate buffers have symbolic sizes take one extra
+ *         trailing args entry: an int64_t table of byte offsets into ctx->workspace, one per
+ *         intermediate, planned by the runtime for the call's dims (workspace_size likewise).
  *   ctx   Never NULL. Valid only for the duration of the call; a kernel must not keep it.
  *         - ctx->parallel_for(ctx, task, closure, n) runs task(begin, end, closure) over
  *           [0, n) split into at most ctx->num_threads contiguous chunks. The chunks are a
