@@ -50,33 +50,3 @@ def plan_memory(steps: list[tuple[list[int], int]], sizes: dict[int, int], exter
     total = max((e for _, e, _, _ in placed), default=0)
     return MemoryPlan(offsets, total, sum(_round(max(sizes[v], 1)) for v in first))
 
-
-@dataclass
-class DynamicMemory:
-    """The plan of a graph with symbolic dimensions, made when a call binds them.
-
-    Sizes are byte counts as dimensions (ir/dims.py); `plan(env)` evaluates them and
-    places buffers exactly as `plan_memory` does. The entry reads each buffer's offset
-    from a table (int64, in the order of `slots`) passed after the other arguments.
-    """
-    steps: list[tuple[list[int], int]]
-    sizes: dict[int, object]
-    external: set[int]
-    slots: list[int]
-
-    def plan(self, env: dict[str, int]) -> tuple["np.ndarray", int]:
-        import numpy as np
-
-        from ubique.ir.dims import evaluate
-
-        p = plan_memory(self.steps, {v: evaluate(d, env) for v, d in self.sizes.items()}, self.external)
-        return np.array([p.offsets[v] for v in self.slots], np.int64), p.workspace_size
-
-    def to_json(self) -> dict:
-        return {"steps": [[list(r), w] for r, w in self.steps], "sizes": [[v, d] for v, d in self.sizes.items()],
-                "external": sorted(self.external), "slots": self.slots}
-
-    @staticmethod
-    def from_json(d: dict) -> "DynamicMemory":
-        return DynamicMemory([(list(r), w) for r, w in d["steps"]], {v: s for v, s in d["sizes"]},
-                             set(d["external"]), list(d["slots"]))

@@ -9,7 +9,8 @@ import numpy as np
 from ubique.compiler import passes
 from ubique.compiler.fusion import fuse
 from ubique.compiler.lower import LoweredKernel, lower_group
-from ubique.compiler.memory_plan import DynamicMemory, MemoryPlan, plan_memory
+from ubique.compiler.memory_plan import MemoryPlan, plan_memory
+from ubique.runtime.memory import DynamicMemory
 from ubique.compiler.symbolic import DimContract, make_contract, specialize
 from ubique.compiler.schedule import default_schedule
 from ubique.errors import UnsupportedOpError

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import functools
 import math
+import threading
 from typing import Iterable, Union
 
 from ubique.errors import ShapeError
@@ -168,10 +169,21 @@ class Sym:
         return out
 
 
+_parse_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=4096)
+def _ast(text: str):
+    """The parsed expression of a dimension string (cached; parsing is serialised because
+    CPython 3.11's ast.parse is not safe to run on several threads at once)."""
+    with _parse_lock:
+        return ast.parse(text, mode="eval").body
+
+
 @functools.lru_cache(maxsize=4096)
 def _parse(text: str) -> Sym:
     try:
-        tree = ast.parse(text, mode="eval").body
+        tree = _ast(text)
     except SyntaxError:
         raise ShapeError(f"invalid dimension {text!r}: expected a name or an expression such as 'batch*seq'") from None
     return _from_ast(tree, text)
@@ -231,7 +243,7 @@ def symbols(d) -> set[str]:
         return set()
     out = set()
     for atom in Sym.of(d).atoms():
-        out |= ({atom} if atom.isidentifier() else {n.id for n in ast.walk(ast.parse(atom, mode="eval"))
+        out |= ({atom} if atom.isidentifier() else {n.id for n in ast.walk(_ast(atom))
                                                     if isinstance(n, ast.Name)})
     return out
 
@@ -245,7 +257,7 @@ def evaluate(d, env: dict) -> int:
     if isinstance(d, int):
         return d
     try:
-        return _eval(ast.parse(d, mode="eval").body, env)
+        return _eval(_ast(d), env)
     except KeyError as e:
         raise ShapeError(f"dimension {d!r} needs a value for {e.args[0]!r}") from None
 
@@ -273,7 +285,7 @@ def substitute(d, env: dict) -> Dim:
     if isinstance(d, int):
         return d
     values = {s: Sym.of(env.get(s, s)) for s in symbols(d)}
-    return Sym.of(_eval(ast.parse(d, mode="eval").body, values)).dim()
+    return Sym.of(_eval(_ast(d), values)).dim()
 
 
 def to_expr(d):
@@ -282,7 +294,7 @@ def to_expr(d):
 
     if isinstance(d, int):
         return L.Const(int(d), L.I64)
-    return _expr(ast.parse(d, mode="eval").body, L)
+    return _expr(_ast(d), L)
 
 
 def _expr(node, L):

@@ -63,6 +63,8 @@ ffi.cdef(
     void ubq_ctx_init(ubq_ctx *ctx, ubq_pool *pool);
     int32_t ubq_call(ubq_entry_fn fn, void *const *args, const int64_t *dims, ubq_pool *pool,
                      int64_t workspace_size);
+    int64_t ubq_plan_memory(int64_t n, const int64_t *sizes, const int32_t *first, const int32_t *last,
+                            int64_t *offsets);
     """
 )
 

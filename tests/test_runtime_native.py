@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ubique.errors import CacheError, RuntimeFailure, ToolchainError
 from ubique.runtime import cache, native, toolchain
@@ -447,3 +449,58 @@ def test_runtime_build_error_names_fix(tmp_path: Path) -> None:
             "except Exception as e:\n    print(type(e).__name__, e)\n")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert "ToolchainError" in proc.stdout and "apt-get install gcc" in proc.stdout
+
+
+# -- run-time memory planning -------------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 12), st.integers(0, 6)), min_size=1, max_size=24))
+def test_native_planner_places_buffers_like_the_compiler(buffers):
+    """ubq_plan_memory (used for symbolic sizes at run time) gives exactly the offsets of
+    compiler/memory_plan.py's plan_memory (used for static sizes), and never overlaps two
+    buffers that are live at the same time."""
+    import numpy as np
+
+    from ubique.compiler.memory_plan import ALIGN, plan_memory
+    from ubique.runtime import native
+
+    # buffer k is written at step first_k and last read `span` steps later
+    steps = [([], k) for k in range(len(buffers))]
+    firsts = []
+    for k, (_, first, span) in enumerate(buffers):
+        firsts.append(k)
+        last = min(k + span, len(buffers) - 1)
+        for s in range(k + 1, last + 1):
+            steps[s][0].append(k)
+    sizes = {k: b[0] for k, b in enumerate(buffers)}
+    expected = plan_memory(steps, sizes, set())
+    first = np.array(firsts, np.int32)
+    last = np.array([max([k] + [s for s, (reads, _) in enumerate(steps) if k in reads]) for k in range(len(buffers))],
+                    np.int32)
+    offsets = np.zeros(len(buffers), np.int64)
+    size_arr = np.array([sizes[k] for k in range(len(buffers))], np.int64)
+    cast = native.ffi.cast
+    total = native.lib().ubq_plan_memory(len(buffers), cast("int64_t *", size_arr.ctypes.data),
+                                         cast("int32_t *", first.ctypes.data), cast("int32_t *", last.ctypes.data),
+                                         cast("int64_t *", offsets.ctypes.data))
+    assert total == expected.workspace_size
+    assert [int(o) for o in offsets] == [expected.offsets[k] for k in range(len(buffers))]
+    for a in range(len(buffers)):
+        assert offsets[a] % ALIGN == 0
+        for b in range(a):
+            if not (last[a] < first[b] or last[b] < first[a]):
+                ea, eb = offsets[a] + max(size_arr[a], 1), offsets[b] + max(size_arr[b], 1)
+                assert ea <= offsets[b] or eb <= offsets[a]
+
+
+def test_native_planner_refuses_negative_sizes():
+    import numpy as np
+
+    from ubique.runtime import native
+
+    arr = np.array([-5], np.int64)
+    z = np.zeros(1, np.int32)
+    out = np.zeros(1, np.int64)
+    cast = native.ffi.cast
+    assert native.lib().ubq_plan_memory(1, cast("int64_t *", arr.ctypes.data), cast("int32_t *", z.ctypes.data),
+                                        cast("int32_t *", z.ctypes.data), cast("int64_t *", out.ctypes.data)) == -1
+    assert "negative" in native.last_error()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ubique.compiler.memory_plan import DynamicMemory
+from ubique.runtime.memory import DynamicMemory
 from ubique.compiler.pipeline import COMPILER_REVISION, Program, Signature, compile_graph
 from ubique.errors import UbiqueError
 from ubique.ir.dtypes import dtype_of

@@ -402,3 +402,81 @@ int32_t ubq_call(ubq_entry_fn fn, void *const *args, const int64_t *dims, ubq_po
         tls_workspace.busy = 0;
     return status;
 }
+
+
+/* ---- run-time memory planning ------------------------------------------------------------ */
+typedef struct plan_item {
+    int64_t raw;  /* bytes asked for: the sort key */
+    int64_t size; /* rounded up to the alignment: the space taken */
+    int32_t first, last;
+    int64_t index;
+} plan_item;
+
+static int plan_order(const void *pa, const void *pb) {
+    const plan_item *a = pa, *b = pb;
+    if (a->raw != b->raw) return a->raw > b->raw ? -1 : 1;
+    if (a->first != b->first) return a->first < b->first ? -1 : 1;
+    return a->index < b->index ? -1 : (a->index > b->index);
+}
+
+static int span_order(const void *pa, const void *pb) {
+    const int64_t *a = pa, *b = pb; /* (offset, end) pairs by offset, then end */
+    if (a[0] != b[0]) return a[0] < b[0] ? -1 : 1;
+    return a[1] < b[1] ? -1 : (a[1] > b[1]);
+}
+
+int64_t ubq_plan_memory(int64_t n, const int64_t *sizes, const int32_t *first, const int32_t *last,
+                        int64_t *offsets) {
+    plan_item *items;
+    int64_t *placed, *clash, total = 0;
+    int64_t k, j, count = 0;
+    if (n <= 0) return 0;
+    items = malloc((size_t)n * sizeof *items);
+    placed = malloc((size_t)n * 4 * sizeof *placed); /* (offset, end, first, last) per placed */
+    clash = malloc((size_t)n * 2 * sizeof *clash);
+    if (!items || !placed || !clash) {
+        free(items); free(placed); free(clash);
+        ubq_set_error("ubq_plan_memory: out of memory");
+        return -1;
+    }
+    for (k = 0; k < n; k++) {
+        if (sizes[k] < 0 || first[k] < 0 || last[k] < first[k]) {
+            free(items); free(placed); free(clash);
+            ubq_set_error("ubq_plan_memory: negative size or lifetime (are the dims in range?)");
+            return -1;
+        }
+        items[k].raw = sizes[k];
+        items[k].size = sizes[k] > 0 ? sizes[k] : 1;
+        items[k].size = (items[k].size + UBQ_WORKSPACE_ALIGN - 1) / UBQ_WORKSPACE_ALIGN * UBQ_WORKSPACE_ALIGN;
+        items[k].first = first[k];
+        items[k].last = last[k];
+        items[k].index = k;
+    }
+    qsort(items, (size_t)n, sizeof *items, plan_order);
+    for (k = 0; k < n; k++) {
+        const plan_item *it = &items[k];
+        int64_t m = 0, offset = 0;
+        for (j = 0; j < count; j++) {
+            const int64_t *p = &placed[4 * j];
+            if (!(p[3] < it->first || it->last < p[2])) {
+                clash[2 * m] = p[0];
+                clash[2 * m + 1] = p[1];
+                m++;
+            }
+        }
+        qsort(clash, (size_t)m, 2 * sizeof *clash, span_order);
+        for (j = 0; j < m; j++) {
+            if (offset + it->size <= clash[2 * j]) break;
+            if (clash[2 * j + 1] > offset) offset = clash[2 * j + 1];
+        }
+        offsets[it->index] = offset;
+        placed[4 * count] = offset;
+        placed[4 * count + 1] = offset + it->size;
+        placed[4 * count + 2] = it->first;
+        placed[4 * count + 3] = it->last;
+        count++;
+        if (offset + it->size > total) total = offset + it->size;
+    }
+    free(items); free(placed); free(clash);
+    return total;
+}

@@ -111,6 +111,15 @@ void ubq_ctx_init(ubq_ctx *ctx, ubq_pool *pool);
 int32_t ubq_call(ubq_entry_fn fn, void *const *args, const int64_t *dims, ubq_pool *pool,
                  int64_t workspace_size);
 
+/* Places n intermediate buffers in one workspace (run-time memory planning for symbolic
+ * sizes): buffer k has sizes[k] bytes and is live from step first[k] to step last[k].
+ * Largest first (ties: earlier first use), each at the lowest 64-byte aligned offset that
+ * overlaps no placed buffer live at the same time -- the rule compiler/memory_plan.py
+ * applies at compile time. Writes offsets[k]; returns the workspace size in bytes, or -1
+ * (with ubq_set_error) for negative sizes or lifetimes or when out of memory. */
+int64_t ubq_plan_memory(int64_t n, const int64_t *sizes, const int32_t *first, const int32_t *last,
+                        int64_t *offsets);
+
 #ifdef __cplusplus
 }
 #endif
