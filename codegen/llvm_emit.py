@@ -41,10 +41,16 @@ _STORAGE = {DType.float32: F32, DType.float64: F64, DType.float16: F16, DType.bf
             DType.int8: I8, DType.uint8: I8, DType.int32: I32, DType.int64: I64, DType.bool: I8}
 # libm functions used where LLVM has no intrinsic; called once per lane
 _LIBM = {"tanh": ("tanhf", "tanh"), "erf": ("erff", "erf")}
-# functions glibc's libmvec provides as vector calls (glibc >= 2.35)
+_LIBM.update({f: (f + "f", f) for f in ("tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh",
+                                        "atanh", "log1p", "expm1")})
+# functions glibc's libmvec provides as vector calls (glibc >= 2.35; all of these are in
+# libmvec.so.1 as _ZGV{b,d,e}N{4,8,16}v_<f>f and _ZGV{b,d,e}N{2,4,8}v_<f>)
 _LIBMVEC = {"exp": "exp", "log": "log", "sin": "sin", "cos": "cos", "tanh": "tanh", "erf": "erf", "pow": "pow"}
+_LIBMVEC.update({f: f for f in ("tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh",
+                                "log1p", "expm1")})
 _INTRINSIC = {"exp": "llvm.exp", "log": "llvm.log", "sqrt": "llvm.sqrt", "sin": "llvm.sin",
-              "cos": "llvm.cos", "floor": "llvm.floor", "ceil": "llvm.ceil", "abs": "llvm.fabs"}
+              "cos": "llvm.cos", "floor": "llvm.floor", "ceil": "llvm.ceil", "abs": "llvm.fabs",
+              "roundeven": "llvm.roundeven"}
 
 
 def storage_type(dt: DType) -> ir.Type:
@@ -336,6 +342,8 @@ class FunctionEmitter:
             raise UnsupportedOpError(f"codegen: {name} of {dt.name}")
         if name == "rsqrt":
             return self.b.fdiv(_const_like(x.type, 1.0), self.intrinsic("llvm.sqrt", [x]))
+        if name == "fmod":  # LLVM's frem is C's fmod
+            return self.b.frem(x, args[1])
         if lanes and self.m.vector_math == "libmvec":
             call = self.libmvec_call(name, args, lanes)
             if call is not None:

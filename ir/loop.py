@@ -142,7 +142,10 @@ class Call(Expr):
 
 
 INTRINSICS = ("neg", "abs", "exp", "log", "sqrt", "rsqrt", "tanh", "erf", "sin", "cos",
-              "floor", "ceil", "isnan", "not")
+              "floor", "ceil", "isnan", "not",
+              "roundeven", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh",
+              "log1p", "expm1",
+              "fmod")  # fmod(a, b): C's fmod, the remainder with the dividend's sign
 
 
 class Load(Expr):
