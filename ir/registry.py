@@ -153,7 +153,8 @@ def _load_builtin_ops():
     global _loaded
     if not _loaded:
         _loaded = True
-        from ubique.ir import ops_elementwise, ops_reduce, ops_shape, ops_nn  # noqa: F401  (they register)
+        from ubique.ir import (ops_elementwise, ops_reduce, ops_shape, ops_nn, ops_activation,  # noqa: F401
+                               ops_index, ops_resample, ops_rnn)  # (they register)
 
 
 class ComputeContext:
