@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from ubique.ir.graph import Graph, Node
 from ubique.ir.registry import get_op
 
-CONTRACTIONS = frozenset({"matmul", "conv2d"})
+CONTRACTIONS = frozenset({"matmul", "conv2d", "conv_transpose2d"})
 # producers worth a memory pass rather than being recomputed: math-library calls
-EXPENSIVE = frozenset({"exp", "log", "tanh", "erf", "sin", "cos", "sigmoid", "pow", "sqrt", "rsqrt", "div"})
+EXPENSIVE = frozenset({"exp", "log", "tanh", "erf", "sin", "cos", "sigmoid", "pow", "sqrt", "rsqrt", "div",
+                       "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "reciprocal",
+                       "mod", "softplus", "mish", "elu", "selu", "celu", "silu", "gelu"})
 # consumers that read every element of an input at most once
 _READ_ONCE = frozenset({"reshape", "transpose", "slice", "concat", "pad", "identity", "cast",
                         "sum", "prod", "max", "min", "argmax", "argmin"})
@@ -109,6 +111,8 @@ def _reads_each_element_once(consumer: Node, producer: Node) -> bool:
         return True
     if get_op(consumer.op).kind in ("elementwise", "injective"):
         out, src = consumer.output.type, producer.output.type
+        if tuple(out.shape) == tuple(src.shape):  # same shape, symbolic or not: one read per element
+            return True
         return out.is_static and src.is_static and out.size <= RECOMPUTE_LIMIT * max(src.size, 1)
     return False  # pooling windows overlap
 

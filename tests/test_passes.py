@@ -427,3 +427,56 @@ def test_fusion_does_not_recompute_math_in_overlapping_windows_or_big_broadcasts
     np.testing.assert_allclose(bsum(v), np.broadcast_to(np.exp(v), (256, 64)).sum(1), rtol=1e-5)
     cheap = ub.jit(lambda a: ub.max_pool2d(a * 2.0 + 1.0, 3, 1))
     assert cheap.lower(x).num_kernels == 1  # cheap arithmetic is still fused into the window
+
+
+# ---------------------------------------------------------------------------------------------
+# batch normalisation folded into the convolution before it
+def _conv_bn_graph(with_bias: bool, scale_shape, seed=0):
+    rng = np.random.default_rng(seed)
+    g = Graph()
+    x = g.add_input(f32("n", 3, 9, 9), "x")
+    w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal((8, 1, 1)).astype(np.float32)
+    gamma, beta = rng.uniform(0.5, 2, 8).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+    mean, var = rng.standard_normal(8).astype(np.float32), rng.uniform(0.5, 2, 8).astype(np.float32)
+    y = g.op("conv2d", x, g.constant(w), padding=(1, 1, 1, 1))
+    if with_bias:
+        y = g.op("add", y, g.constant(b))
+    y = g.op("batch_norm", y, *(g.constant(a) for a in (gamma, beta, mean, var)), epsilon=1e-3)
+    g.outputs = [g.op("relu", y)]
+
+    def reference(xv):
+        import scipy.signal  # noqa: F401  (the test extra installs scipy; numpy suffices below)
+
+        xp = np.pad(xv.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+        out = np.zeros((xv.shape[0], 8, 9, 9))
+        for i in range(3):
+            for j in range(3):
+                out += np.einsum("nchw,oc->nohw", xp[:, :, i:i + 9, j:j + 9], w[:, :, i, j].astype(np.float64))
+        if with_bias:
+            out += b
+        a = gamma / np.sqrt(var.astype(np.float64) + 1e-3)
+        out = (out - mean[:, None, None]) * a[:, None, None] + beta[:, None, None]
+        return np.maximum(out, 0)
+    return g, reference
+
+
+def test_batch_norm_after_conv_is_folded_into_the_weights():
+    for with_bias in (False, True):
+        g, reference = _conv_bn_graph(with_bias, (8, 1, 1))
+        opt = optimize_graph(g)
+        ops = [n.op for n in opt.nodes if n.op != "constant"]
+        assert ops[0] == "conv2d" and "mul" not in ops, ops   # the scale went into the weights
+        model = ub.compile(g)
+        xv = rand((2, 3, 9, 9))
+        np.testing.assert_allclose(model.run([xv])[0], reference(xv), rtol=1e-4, atol=1e-4)
+
+
+def test_scale_is_not_folded_into_a_conv_with_other_users():
+    g = Graph()
+    x = g.add_input(f32(1, 2, 4, 4), "x")
+    c = g.op("conv2d", x, g.constant(rand((2, 2, 1, 1))))
+    s = g.op("mul", c, g.constant(rand((2, 1, 1), seed=1)))
+    g.outputs = [s, g.op("relu", c)]
+    ops = [n.op for n in optimize_graph(g).nodes if n.op != "constant"]
+    assert "mul" in ops

@@ -308,8 +308,8 @@ def _conv_transpose(ctx):
     if ctx.attr("output_shape") is not None:
         want = list(ctx.attr("output_shape"))[-n:]
         total = [f - o for f, o in zip(full, want)]
-        auto = ctx.attr("auto_pad", "NOTSET")
-        lo = [t // 2 if auto != "SAME_UPPER" else t - t // 2 for t in total]
+        upper = ctx.attr("auto_pad", "NOTSET") == "SAME_UPPER"  # (the ONNX spec's split of the padding)
+        lo = [t // 2 if upper else t - t // 2 for t in total]
         pads = lo + [t - b for t, b in zip(total, lo)]
     elif ctx.attr("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
         total = [f - i * s for f, i, s in zip(full, spatial, strides)]
@@ -754,8 +754,18 @@ def _resize(ctx):
         axes = [normalize_axis("Resize", int(a), len(shape)) for a in axes]
     else:
         axes = list(range(len(shape)))
-    if ctx.attr("keep_aspect_ratio_policy", "stretch") != "stretch":
-        ctx.unsupported("keep_aspect_ratio_policy other than 'stretch' is not supported")
+    if ctx.attr("antialias", 0):
+        ctx.unsupported("antialias=1 is not supported")
+    policy = ctx.attr("keep_aspect_ratio_policy", "stretch")
+    if policy not in ("stretch", "not_larger", "not_smaller"):
+        ctx.unsupported(f"keep_aspect_ratio_policy {policy!r} is not supported")
+    if sizes is not None and policy != "stretch":  # one scale for every resized axis
+        ratios = [sizes[k] / shape[a] for k, a in enumerate(axes)]
+        scale = min(ratios) if policy == "not_larger" else max(ratios)
+        sizes, scales = None, [scale] * len(axes)
+        out_override = {a: int(np.floor(scale * shape[a] + 0.5)) for a in axes}
+    else:
+        out_override = {}
     out = list(shape)
     full_scales = [1.0] * len(shape)
     for k, a in enumerate(axes):
@@ -765,7 +775,7 @@ def _resize(ctx):
             out[a] = int(sizes[k])
         elif scales:
             full_scales[a] = scales[k]
-            out[a] = int(np.floor(shape[a] * scales[k]))
+            out[a] = out_override.get(a, int(np.floor(shape[a] * scales[k])))
     mode = ctx.attr("mode", "nearest")
     attrs = dict(sizes=tuple(out), mode=mode,
                  coordinate_transformation_mode=ctx.attr("coordinate_transformation_mode",
