@@ -163,8 +163,8 @@ def _pad_infer(ts, attrs):
     t, pads = ts[0], attrs["pads"]
     if len(pads) != 2 * t.rank or min(pads, default=0) < 0:
         raise ShapeError(f"pad: pads must hold {2 * t.rank} non-negative ints (before..., after...), got {pads}")
-    if attrs["mode"] not in ("constant", "edge", "reflect"):
-        raise ShapeError(f"pad: mode {attrs['mode']!r} is not one of constant, edge, reflect")
+    if attrs["mode"] not in ("constant", "edge", "reflect", "wrap"):
+        raise ShapeError(f"pad: mode {attrs['mode']!r} is not one of constant, edge, reflect, wrap")
     r = t.rank
     shape = tuple(d + pads[k] + pads[r + k] for k, d in enumerate(t.shape))
     if attrs["mode"] != "constant" and any(d == 0 and (pads[k] or pads[r + k]) for k, d in enumerate(t.shape)):
@@ -187,6 +187,8 @@ def _pad_compute(ctx, idx):
             in_idx.append(i)
         elif mode == "edge":
             in_idx.append(L.emin(L.emax(i, 0), n - 1))
+        elif mode == "wrap":  # periodic: numpy's "wrap", ONNX's "wrap"
+            in_idx.append((i % n + n) % n)
         else:  # reflect without repeating the edge: period 2(n-1)
             if d == 1:
                 in_idx.append(_ZERO)

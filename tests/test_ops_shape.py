@@ -173,7 +173,7 @@ def pad_widths(draw, rank):
     return tuple((draw(w), draw(w)) for _ in range(rank))
 
 
-@pytest.mark.parametrize("mode", ["constant", "edge", "reflect"])
+@pytest.mark.parametrize("mode", ["constant", "edge", "reflect", "wrap"])
 @given(data=st.data())
 def test_pad_three_modes(mode, data):
     x = _array(data, max_dims=3)
@@ -251,7 +251,7 @@ def test_chains_of_shape_ops_in_one_function(data):
             steps.append((kind, target, lambda t, s=target: t.reshape(s)))
         elif kind == "pad" and ref.size:
             pw = data.draw(pad_widths(ref.ndim), f"pad {i}")
-            mode = data.draw(st.sampled_from(["constant", "edge", "reflect"]), f"mode {i}")
+            mode = data.draw(st.sampled_from(["constant", "edge", "reflect", "wrap"]), f"mode {i}")
             ref = np.pad(ref, pw, mode=mode)
             steps.append((kind, (pw, mode), lambda t, p=pw, m=mode: ub.pad(t, p, mode=m)))
         elif kind == "broadcast":

@@ -216,7 +216,7 @@ def squeeze(x, axis=None):
 
 
 def pad(x, pad_width, mode: str = "constant", constant_values=0):
-    """numpy.pad for modes constant, edge and reflect; pad_width as numpy takes it."""
+    """numpy.pad for modes constant, edge, reflect and wrap; pad_width as numpy takes it."""
     rank = len(_shape_of(x))
     pw = np.broadcast_to(np.asarray(pad_width, dtype=np.int64), (rank, 2))
     return apply("pad", [x], pads=tuple(pw[:, 0]) + tuple(pw[:, 1]), mode=mode, value=float(constant_values))

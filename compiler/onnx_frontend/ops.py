@@ -78,7 +78,10 @@ def _binary(ctx):
     a, b = ctx.value(0), ctx.value(1)
     if op == "Pow" and a.dtype.is_float and b.dtype != a.dtype:  # ONNX: the result has the base's type
         b = ctx.op("cast", b, dtype=a.dtype)
-    return [ctx.op(_BINARY[op], a, b)]
+    out = ctx.op(_BINARY[op], a, b)
+    if op == "Pow" and out.dtype != a.dtype:  # an integer base with a float exponent
+        out = ctx.op("cast", out, dtype=a.dtype)
+    return [out]
 
 
 @handles("Div")
@@ -732,8 +735,8 @@ def _pad(ctx):
         end = [D.sub(d, max(-p, 0)) for d, p in zip(x.shape, pads[rank:])]
         x = ctx.op("slice", x, begin=tuple(begin), end=tuple(end), step=(1,) * rank)
         pads = [max(p, 0) for p in pads]
-    if mode not in ("constant", "edge", "reflect"):
-        ctx.unsupported(f"mode {mode!r} is not supported (constant, edge, reflect are)")
+    if mode not in ("constant", "edge", "reflect", "wrap"):
+        ctx.unsupported(f"mode {mode!r} is not supported (constant, edge, reflect, wrap are)")
     return [ctx.op("pad", x, pads=tuple(pads), mode=mode, value=value)]
 
 
