@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import platform
 from typing import Callable
 
 from ubique.errors import UnsupportedOpError
@@ -68,3 +69,7 @@ def _has_libmvec() -> bool:
 
 
 register("host", host_target)
+# the host's architecture name names the host too, until a portable target of that name is registered
+_ARCH = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
+if _ARCH in ("x86_64", "aarch64"):
+    register(_ARCH, host_target)

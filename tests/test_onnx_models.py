@@ -216,3 +216,16 @@ def test_cli_run_and_inspect(tmp_path, capsys):
     bad.write_bytes(b"not a model")
     assert main(["inspect", str(bad)]) == 2
     assert "corrupt" in capsys.readouterr().err
+
+
+def test_compile_for_a_named_target(models):
+    import platform
+
+    graph = ub.import_onnx(models["mlp"][0])
+    arch = platform.machine()
+    if arch not in ("x86_64", "aarch64"):
+        pytest.skip(f"no target named after {arch}")
+    x = np.ones((2, 784), np.float32)
+    np.testing.assert_array_equal(ub.compile(graph, target=arch).run([x])[0], ub.compile(graph).run([x])[0])
+    with pytest.raises(ub.UnsupportedOpError, match="unknown target 'nope'"):
+        ub.compile(graph, target="nope")

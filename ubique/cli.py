@@ -95,6 +95,10 @@ def _inspect(args) -> int:
     print(f"outputs: {', '.join(f'{v.name}: {v.type}' for v in graph.outputs)}")
     counts = collections.Counter(n.op for n in graph.nodes if n.op != "constant")
     weights = sum(n.attrs["value"].nbytes for n in graph.nodes if n.op == "constant")
+    from ubique.compiler.symbolic import graph_symbols
+
+    symbols = graph_symbols(graph)
+    print(f"symbolic sizes: {', '.join(symbols) if symbols else 'none'}")
     print(f"ops ({sum(counts.values())} nodes, {weights / 1e6:.2f} MB of constants): "
           + ", ".join(f"{op} x{k}" for op, k in counts.most_common()))
     if not args.summary:
