@@ -1,4 +1,9 @@
-"""CPU backend: LLVM IR text -> optimised module -> object code and assembly for a Target."""
+"""CPU backend: LLVM IR text -> optimised module -> object code and assembly for a Target.
+
+Any triple LLVM has a backend for works, not only the host's: the target machine is made from
+the Target's triple, cpu and features (PIC, for shared libraries), so an x86-64 host emits
+AArch64 objects for get_target("aarch64"); linking them is the target's toolchain's job
+(runtime/toolchain.py)."""
 from __future__ import annotations
 
 import functools
@@ -12,6 +17,7 @@ from ubique.targets.target import Target
 
 @functools.lru_cache(maxsize=None)
 def init_llvm() -> None:
+    """Registers every backend built into llvmlite's LLVM (x86, AArch64, RISC-V, NVPTX, ...)."""
     llvm.initialize_all_targets()
     llvm.initialize_all_asmprinters()
 

@@ -26,6 +26,7 @@ from ubique.ir import loop as L
 from ubique.ir.dtypes import DType
 from ubique.ir.loop_analysis import (lane_coefficient, linear_index, reduction_identity, reduction_update,
                                      widest_element_bits)
+from ubique.targets.target import host_arch
 
 I1, I8, I16, I32, I64 = (ir.IntType(n) for n in (1, 8, 16, 32, 64))
 F32, F64, F16 = ir.FloatType(), ir.DoubleType(), ir.HalfType()
@@ -43,11 +44,16 @@ _STORAGE = {DType.float32: F32, DType.float64: F64, DType.float16: F16, DType.bf
 _LIBM = {"tanh": ("tanhf", "tanh"), "erf": ("erff", "erf")}
 _LIBM.update({f: (f + "f", f) for f in ("tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh",
                                         "atanh", "log1p", "expm1")})
-# functions glibc's libmvec provides as vector calls (glibc >= 2.35; all of these are in
-# libmvec.so.1 as _ZGV{b,d,e}N{4,8,16}v_<f>f and _ZGV{b,d,e}N{2,4,8}v_<f>)
+# functions glibc's libmvec provides as vector calls (x86-64, glibc >= 2.35: all of these are
+# in libmvec.so.1 as _ZGV{b,d,e}N{4,8,16}v_<f>f and _ZGV{b,d,e}N{2,4,8}v_<f>; AArch64 has them
+# as _ZGVnN4v_<f>f and _ZGVnN2v_<f> only in newer glibc, so the aarch64 target does not use them)
 _LIBMVEC = {"exp": "exp", "log": "log", "sin": "sin", "cos": "cos", "tanh": "tanh", "erf": "erf", "pow": "pow"}
 _LIBMVEC.update({f: f for f in ("tan", "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh",
                                 "log1p", "expm1")})
+# the vector function ABI's ISA letter per architecture and register width in bits
+# (_ZGV<isa>N<lanes>v_<fn>): x86-64 SSE/AVX2/AVX-512, AArch64 AdvSIMD (NEON). An architecture
+# without an entry gets no libmvec calls (scalar libm per lane instead).
+_VECTOR_ABI_ISA = {"x86_64": {128: "b", 256: "d", 512: "e"}, "aarch64": {128: "n"}}
 _INTRINSIC = {"exp": "llvm.exp", "log": "llvm.log", "sqrt": "llvm.sqrt", "sin": "llvm.sin",
               "cos": "llvm.cos", "floor": "llvm.floor", "ceil": "llvm.ceil", "abs": "llvm.fabs",
               "roundeven": "llvm.roundeven"}
@@ -364,7 +370,7 @@ class FunctionEmitter:
         elem = args[0].type.element
         elem_bits = 32 if elem == F32 else 64
         width = min(lanes, self.m.vector_bits // elem_bits)  # lanes per call: one register
-        isa = {128: "b", 256: "d", 512: "e"}.get(width * elem_bits)
+        isa = _VECTOR_ABI_ISA.get(self.m.arch, {}).get(width * elem_bits)
         if isa is None or lanes % width:
             return None
         vt = ir.VectorType(elem, width)
@@ -697,6 +703,7 @@ class ModuleEmitter:
         self.vector_math = vector_math
         self.module = ir.Module(name=name)
         self.module.triple = triple
+        self.arch = triple.split("-", 1)[0] if triple else host_arch()  # "x86_64", "aarch64", ...
         self.module.data_layout = data_layout
         self.vector_bits = vector_bits
         self._tasks = 0

@@ -1,4 +1,6 @@
-"""Find and drive the host C compiler: compile C sources or link objects into a shared library.
+"""Find and drive C compilers: the host's, or a target's cross compiler (Target.cc). Compile C
+sources or link objects into a shared library or an executable; build the native runtime for
+a target.
 
 Every output is written atomically (a temporary name in the same folder, then os.replace), so
 a concurrent reader never sees a half-written library.
@@ -6,17 +8,24 @@ a concurrent reader never sees a half-written library.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ubique.errors import ToolchainError
 
-__all__ = ["find_cc", "compile_c_shared", "link_shared"]
+if TYPE_CHECKING:
+    from ubique.targets.target import Target
+
+__all__ = ["find_cc", "find_target_cc", "compile_c_shared", "compile_c_executable", "link_shared",
+           "link_shared_for_target", "build_runtime"]
 
 _CANDIDATES = ("cc", "gcc", "clang")
 _INSTALL_HINT = "install gcc (apt-get install gcc) or set CC to a C compiler"
@@ -55,6 +64,43 @@ def find_cc() -> str:
     )
 
 
+def find_target_cc(target: Target) -> str:
+    """Return the C compiler command that builds code for `target`.
+
+    `$UBIQUE_CC_<NAME>` (the target's name in capitals, e.g. UBIQUE_CC_AARCH64) if set, else
+    `target.cc`, else (a target with no cc of its own, such as the host) find_cc(). A target
+    that runs natively falls back to find_cc() when its named compiler is absent (an AArch64
+    machine need not have the triplet-prefixed gcc).
+
+    Raises:
+        ToolchainError: the compiler is not on PATH; the message names the Debian package
+            (target.cc_package) that provides it and the variable that overrides it.
+    """
+    env_name = "UBIQUE_CC_" + re.sub(r"\W", "_", target.name).upper()
+    override = os.environ.get(env_name, "").strip()
+    command = override or target.cc
+    if not command:
+        return find_cc()
+    words = shlex.split(command)
+    resolved = shutil.which(words[0])
+    if resolved is not None:
+        return shlex.join([resolved, *words[1:]])
+    if not override and target.runs_natively:
+        return find_cc()
+    if override:
+        raise ToolchainError(
+            f"C compiler for target {target.name!r} not found: {env_name} is set to {override!r}, but "
+            f"{words[0]!r} is not an executable on PATH; set it to a C compiler for {target.triple}"
+            + (f", or unset it to use {target.cc!r}" if target.cc else "")
+        )
+    install = (f"install the Debian package {target.cc_package} (apt-get install {target.cc_package})"
+               if target.cc_package else f"install a C compiler for {target.triple}")
+    raise ToolchainError(
+        f"C compiler for target {target.name!r} not found: {words[0]!r} is not an executable on PATH; "
+        f"{install}, or set {env_name} to a C compiler command for {target.triple}"
+    )
+
+
 def compile_c_shared(
     sources: Sequence[PathLike],
     out: PathLike,
@@ -90,6 +136,55 @@ def link_shared(
         ToolchainError: the compiler driver is missing or fails; carries its stderr.
     """
     return _build(cc, ["-shared"], [os.fspath(o) for o in objects], out, libs)
+
+
+def link_shared_for_target(objects: Sequence[PathLike], out: PathLike, target: Target) -> Path:
+    """Link object files made for `target` into the shared library `out` with the target's
+    C compiler (find_target_cc) and the libraries its code calls (target.link_libs).
+
+    Raises:
+        ToolchainError: the target's compiler is missing or fails.
+    """
+    return link_shared(objects, out, libs=target.link_libs, cc=find_target_cc(target))
+
+
+def compile_c_executable(
+    sources: Sequence[PathLike],
+    out: PathLike,
+    extra_flags: Iterable[str] = (),
+    libs: Iterable[str] = (),
+    cc: str | None = None,
+) -> Path:
+    """Compile and link C `sources` (and objects) into the executable `out` (-O2), atomically.
+
+    Raises:
+        ToolchainError: the compiler is missing or fails; carries its stderr.
+    """
+    return _build(cc, ["-O2", *extra_flags], [os.fspath(s) for s in sources], out, libs)
+
+
+def build_runtime(target: Target) -> Path:
+    """The native runtime (runtime/native/ubique_runtime.c) built as a shared library for
+    `target` with its C compiler: `cache_root()/native/<sha256>/libubique_runtime.so`, keyed
+    like runtime/native.py keys the host's (sources, compiler command, flags), so the host
+    target shares that build. Built on first use; later calls return the cached file.
+
+    Raises:
+        ToolchainError: the target's compiler is missing or fails.
+    """
+    from ubique.runtime import native  # lazily: native imports this module
+    from ubique.runtime.cache import cache_root
+
+    cc = find_target_cc(target)
+    digest = hashlib.sha256()
+    for part in (native._SOURCE.read_bytes(), native._HEADER.read_bytes(), cc.encode(),
+                 " ".join(native._CFLAGS).encode()):
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+    path = cache_root() / "native" / digest.hexdigest() / native._LIB_NAME
+    if not path.is_file():  # written atomically: a file that is there is complete
+        compile_c_shared([native._SOURCE], path, (*native._CFLAGS, "-I", str(native.NATIVE_DIR)), libs=(), cc=cc)
+    return path
 
 
 def _build(

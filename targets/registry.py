@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import functools
-import platform
 from typing import Callable
 
 from ubique.errors import UnsupportedOpError
-from ubique.targets.target import Target
+from ubique.targets.target import Target, host_arch
 
 _FACTORIES: dict[str, Callable[[], Target]] = {}
 
@@ -68,8 +67,17 @@ def _has_libmvec() -> bool:
     return all(hasattr(lib, s) for s in ("_ZGVdN8v_tanhf", "_ZGVdN8v_erff", "_ZGVbN4v_expf"))
 
 
+def aarch64_target() -> Target:
+    """Portable 64-bit Arm Linux (any ARMv8-A core with NEON: Raspberry Pi 3/4/5, Graviton,
+    Ampere, Jetson, phones), cross-compiled here and linked by the GNU cross toolchain. It
+    runs natively on an AArch64 host and under qemu-user elsewhere."""
+    return Target(name="aarch64", triple="aarch64-unknown-linux-gnu", cpu="generic", features="+neon",
+                  vector_bits=128, vector_math="", cc="aarch64-linux-gnu-gcc", cc_package="gcc-aarch64-linux-gnu",
+                  emulator=("qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"), emulator_package="qemu-user")
+
+
 register("host", host_target)
-# the host's architecture name names the host too, until a portable target of that name is registered
-_ARCH = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
-if _ARCH in ("x86_64", "aarch64"):
-    register(_ARCH, host_target)
+register("aarch64", aarch64_target)
+# the host's architecture name names the host too, unless a portable target of that name is registered
+if host_arch() in ("x86_64", "aarch64") and host_arch() not in _FACTORIES:
+    register(host_arch(), host_target)

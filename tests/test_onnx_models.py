@@ -229,3 +229,21 @@ def test_compile_for_a_named_target(models):
     np.testing.assert_array_equal(ub.compile(graph, target=arch).run([x])[0], ub.compile(graph).run([x])[0])
     with pytest.raises(ub.UnsupportedOpError, match="unknown target 'nope'"):
         ub.compile(graph, target="nope")
+
+
+@pytest.mark.parametrize("name", ["lenet", "bert", "resnet18"])
+def test_model_on_aarch64_under_qemu_matches_onnxruntime(models, name):
+    """ub.compile(graph, target="aarch64") on this host runs the cross-compiled code through
+    the native runtime under qemu-aarch64 (skipped where the emulator or cross compiler is missing)."""
+    import shutil
+
+    if shutil.which("qemu-aarch64") is None or shutil.which("aarch64-linux-gnu-gcc") is None:
+        pytest.skip("needs qemu-user and gcc-aarch64-linux-gnu (scripts/install-system-deps.sh installs them)")
+    data, kind = models[name]
+    model = ub.compile(ub.import_onnx(data), target="aarch64")
+    assert model.target == "aarch64"
+    feeds = _inputs(kind, 2, np.random.default_rng(1))
+    expected = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)
+    for e, g in zip(expected, model.run(feeds)):
+        assert g.shape == e.shape
+        assert np.max(np.abs(g.astype(np.float64) - e)) / np.max(np.abs(e)) <= REL_TOL

@@ -18,7 +18,7 @@ import numpy as np
 
 from ubique.runtime.memory import DynamicMemory
 from ubique.compiler.pipeline import COMPILER_REVISION, Program, Signature, compile_graph
-from ubique.errors import UbiqueError
+from ubique.errors import UbiqueError, UnsupportedOpError
 from ubique.ir.dtypes import dtype_of
 from ubique.ir.graph import Graph
 from ubique.ir.serialize import dumps
@@ -86,6 +86,10 @@ def build(graph: Graph, target=None, dims: dict | None = None) -> Executable:
     """An Executable for `graph`: from memory, from disk, or freshly compiled and stored.
     `dims` declares symbolic dimensions (ints specialise, (lo, hi) pairs bound them)."""
     target = get_target(target)
+    if not target.runs_natively:
+        raise UnsupportedOpError(f"target {target.name!r} does not run on this machine; ub.compile(graph, "
+                                 f"target={target.name!r}) runs it under its emulator, and ahead-of-time builds "
+                                 "deploy it")
     key = graph_key(graph, target, dims)
     ex = _lookup(key)
     if ex is not None:

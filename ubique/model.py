@@ -24,11 +24,12 @@ class TensorSpec:
 
 
 class Model:
-    def __init__(self, graph: Graph, executable, target):
+    def __init__(self, graph: Graph, executable, target, signature, contract):
         self.graph = graph
         self.target = target
         self._ex = executable
-        sig = executable.signature
+        self._contract = contract
+        sig = signature
         self.inputs = [TensorSpec(name, tuple(t.shape), t.dtype.short) for name, t in sig.inputs]
         self.outputs = [TensorSpec(v.name or f"output{k}", tuple(t.shape), t.dtype.short)
                         for k, (v, t) in enumerate(zip(graph.outputs, sig.outputs))]
@@ -36,7 +37,7 @@ class Model:
     @property
     def contract(self) -> str:
         """What the compiler specialised and which sizes stay symbolic (with their ranges)."""
-        c = self._ex.contract
+        c = self._contract
         return c.describe() if c is not None else "all dimensions static"
 
     def run(self, inputs) -> list[np.ndarray]:
@@ -70,12 +71,22 @@ def compile(graph: Graph, target=None, *, dims: dict | None = None) -> Model:
 
     `dims` declares symbolic sizes: `{"batch": (1, 64)}` bounds one (runs outside the range are
     refused), `{"batch": 8}` specialises it. The model runs at any size within the contract
-    without compiling again."""
+    without compiling again.
+
+    A target this machine cannot run (`target="aarch64"` on x86-64) runs through the native
+    runtime under the target's emulator (qemu), to check a build before shipping it."""
     from ubique.build import build
     from ubique.targets.registry import get_target
 
     t = get_target(target)
-    return Model(graph, build(graph, t, dims=dims), t.name)
+    if t.runs_natively:
+        ex = build(graph, t, dims=dims)
+        return Model(graph, ex, t.name, ex.signature, ex.contract)
+    from ubique.compiler.pipeline import compile_graph
+    from ubique.runtime.emulator import EmulatedProgram
+
+    program = compile_graph(graph, t, dims=dims)
+    return Model(graph, EmulatedProgram(program), t.name, program.signature, program.contract)
 
 
 def import_onnx(source, constants: dict | None = None) -> Graph:
