@@ -15,7 +15,9 @@ FORMAT = "ubique.graph"
 VERSION = 1
 
 
-def _enc_attr(v):
+def _enc_attr(v, store=None):
+    if isinstance(v, np.ndarray) and store is not None:
+        return {"tensor": store(v)}
     if isinstance(v, np.ndarray):
         a = np.asarray(v, order="C")
         return {"array": {"dtype": dtype_of(a.dtype).short, "shape": list(a.shape),
@@ -27,8 +29,13 @@ def _enc_attr(v):
     return v
 
 
-def _dec_attr(v):
+def _dec_attr(v, load=None):
     if isinstance(v, dict):
+        if "tensor" in v:
+            if load is None:
+                raise VerifyError(f"graph JSON refers to tensor {v['tensor']!r} stored outside it; load it "
+                                  "with its model file")
+            return load(v["tensor"])
         if "array" in v:
             a = v["array"]
             dt = dtype_of(a["dtype"]).to_numpy()
@@ -45,13 +52,15 @@ def _type(v: Value) -> dict:
     return {"shape": list(v.shape), "dtype": v.dtype.short}
 
 
-def graph_to_dict(g: Graph, locations: bool = True) -> dict:
-    """The JSON-ready form; `locations=False` leaves out source locations (for hashing)."""
+def graph_to_dict(g: Graph, locations: bool = True, store=None) -> dict:
+    """The JSON-ready form; `locations=False` leaves out source locations (for hashing).
+    `store(array) -> name` keeps arrays outside the JSON (a model file's weights section,
+    or a digest for hashing); they are written as {"tensor": name}."""
     return {
         "format": FORMAT, "version": VERSION, "name": g.name,
         "inputs": [{"id": v.id, "name": v.name, **_type(v)} for v in g.inputs],
         "nodes": [{"op": n.op, "inputs": [v.id for v in n.inputs],
-                   "attrs": {k: _enc_attr(a) for k, a in n.attrs.items()},
+                   "attrs": {k: _enc_attr(a, store) for k, a in n.attrs.items()},
                    "outputs": [{"id": v.id, **_type(v)} for v in n.outputs],
                    **({"loc": n.loc} if n.loc and locations else {})} for n in g.nodes],
         "outputs": [v.id for v in g.outputs],
@@ -65,7 +74,8 @@ def _shape(v) -> tuple:
     return tuple(shape)
 
 
-def graph_from_dict(d: dict) -> Graph:
+def graph_from_dict(d: dict, load=None) -> Graph:
+    """The graph of a JSON form; `load(name) -> array` resolves arrays stored outside it."""
     if not isinstance(d, dict):
         raise VerifyError(f"malformed graph JSON: expected an object, got {type(d).__name__}")
     if d.get("format") != FORMAT:
@@ -86,7 +96,7 @@ def graph_from_dict(d: dict) -> Graph:
             g.inputs.append(val)
         for nd in d["nodes"]:
             node = Node(nd["op"], [lookup(i) for i in nd["inputs"]],
-                        {k: _dec_attr(a) for k, a in nd["attrs"].items()}, [], nd.get("loc"))
+                        {k: _dec_attr(a, load) for k, a in nd["attrs"].items()}, [], nd.get("loc"))
             for o in nd["outputs"]:
                 values[o["id"]] = val = Value(o["id"], TensorType(_shape(o), o["dtype"]), node)
                 node.outputs.append(val)
@@ -101,13 +111,13 @@ def graph_from_dict(d: dict) -> Graph:
     return g
 
 
-def dumps(g: Graph, locations: bool = True) -> str:
-    return json.dumps(graph_to_dict(g, locations), sort_keys=True, separators=(",", ":"))
+def dumps(g: Graph, locations: bool = True, store=None) -> str:
+    return json.dumps(graph_to_dict(g, locations, store), sort_keys=True, separators=(",", ":"))
 
 
-def loads(text: str) -> Graph:
+def loads(text: str, load=None) -> Graph:
     try:
         d = json.loads(text)
     except json.JSONDecodeError as e:
         raise VerifyError(f"graph JSON does not parse: {e}") from None
-    return graph_from_dict(d)
+    return graph_from_dict(d, load)

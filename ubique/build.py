@@ -67,8 +67,14 @@ def compiler_fingerprint() -> str:
 def graph_key(graph: Graph, target: Target, dims: dict | None = None) -> str:
     h = hashlib.sha256()
     h.update(f"{compiler_fingerprint()}|{target.key}|{sorted((dims or {}).items())}|".encode())
-    h.update(dumps(graph, locations=False).encode())
+    # arrays enter the key as digests of their bytes: no base64 copy of large weights
+    h.update(dumps(graph, locations=False, store=_array_digest).encode())
     return h.hexdigest()
+
+
+def _array_digest(a: np.ndarray) -> str:
+    a = np.require(a, requirements="C")  # (ascontiguousarray would make a 0-d array 1-d)
+    return f"{a.dtype.str}{list(a.shape)}:{hashlib.sha256(a.reshape(-1).view(np.uint8)).hexdigest()}"
 
 
 def compile_program(graph: Graph, target=None, dims: dict | None = None) -> Program:
