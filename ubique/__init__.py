@@ -11,6 +11,7 @@ from ubique.ops import *  # noqa: E402,F401,F403
 from ubique.jit import JitFunction, Lowered, jit  # noqa: E402
 from ubique.build import build, cache_info  # noqa: E402
 from ubique.model import Model, compile, import_onnx  # noqa: E402
+from ubique.ubq import load, save  # noqa: E402
 from ubique.runtime.native import set_num_threads  # noqa: E402
 from ubique import targets  # noqa: E402
 

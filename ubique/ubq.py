@@ -1,0 +1,135 @@
+"""`ub.save(graph, "m.ubq", targets=[...])` and `ub.load("m.ubq")`: the portable model file.
+
+The file keeps the graph after the target-independent passes (constants folded, batch
+norms folded into convolutions), its weights once each (named by content), and, per
+requested target, the compiled shared library with what the runtime needs to call it.
+`load` memory-maps the file, uses the embedded code for this machine when its target key
+and hash match, and otherwise compiles the graph here (through the compile cache).
+See runtime/model_file.py for the layout and docs/ubq-format.md for the specification.
+"""
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+import ubique
+from ubique.errors import ModelError, UbiqueError
+from ubique.ir.graph import Graph
+from ubique.ir.serialize import dumps, loads
+
+FORMAT = "ubique.model"
+
+
+def _content_name(a: np.ndarray) -> str:
+    a = np.require(a, requirements="C")
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.reshape(-1).view(np.uint8))
+    return "t" + h.hexdigest()[:24]
+
+
+def save(graph: Graph, path, targets=(), dims: dict | None = None) -> Path:
+    """Writes `graph` to a .ubq file, with precompiled code for each target in `targets`
+    (names or Targets; none: a portable file that is compiled where it is loaded)."""
+    from ubique.compiler.pipeline import compile_graph, optimize_graph
+    from ubique.runtime.model_file import write
+    from ubique.runtime.toolchain import link_shared_for_target
+    from ubique.targets.registry import get_target
+
+    portable = optimize_graph(graph)
+    for new, old in zip(portable.outputs, graph.outputs):  # output copies keep the user's names
+        new.name = old.name or new.name
+    weights: dict[str, np.ndarray] = {}
+    by_id: dict[int, str] = {}
+
+    def store(a: np.ndarray) -> str:
+        name = by_id.get(id(a))
+        if name is None:
+            name = by_id[id(a)] = _content_name(a)
+            weights.setdefault(name, a)
+        return name
+
+    graph_json = dumps(portable, store=store)
+    code, entries = [], []
+    for spec in targets:
+        target = get_target(spec)
+        program = compile_graph(portable, target, dims=dims)
+        with tempfile.TemporaryDirectory(prefix="ubique-save-") as tmp:
+            obj = Path(tmp) / "module.o"
+            obj.write_bytes(program.obj)
+            library = link_shared_for_target([obj], Path(tmp) / "module.so", target).read_bytes()
+        code.append((target.key, library))
+        entries.append({"target": target.name, "key": target.key, "triple": target.triple, "cpu": target.cpu,
+                        "features": target.features, "entry": program.entry,
+                        "signature": program.signature.to_json(),
+                        "weights": [store(w) for w in program.weights],
+                        "workspace_size": program.memory.workspace_size, "contract": program.contract.to_json(),
+                        "dynamic_memory": program.dynamic_memory.to_json() if program.dynamic_memory else None,
+                        "sha256": hashlib.sha256(library).hexdigest()})
+    manifest = {"format": FORMAT, "version": 1, "producer": f"ubique {ubique.__version__}",
+                "name": graph.name,
+                "inputs": [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype.short} for v in portable.inputs],
+                "outputs": [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype.short}
+                            for v in portable.outputs],
+                "code": entries}
+    return write(path, graph_json, weights, manifest, code)
+
+
+def open_model(path):
+    """(ModelFile, graph) of a .ubq file; the graph's constants are views of the mapping."""
+    from ubique.runtime.model_file import ModelFile
+
+    mf = ModelFile(path)
+    if mf.manifest.get("format") != FORMAT:
+        raise ModelError(f"{path}: manifest format {mf.manifest.get('format')!r}, expected {FORMAT!r}")
+
+    def load(name):
+        try:
+            return mf.tensors[name]
+        except KeyError:
+            raise ModelError(f"{path}: the graph refers to tensor {name!r}, which the weights section lacks") from None
+
+    try:
+        graph = loads(mf.graph_json(), load=load)
+    except UbiqueError as e:
+        raise ModelError(f"{path}: the graph section is invalid: {e}") from None
+    return mf, graph
+
+
+def load(path, target=None, dims: dict | None = None):
+    """A Model from a .ubq file: its embedded code for this machine when present and intact,
+    else the graph compiled here. The weights are used in place (memory-mapped)."""
+    from ubique.model import Model, compile
+    from ubique.targets.registry import get_target
+
+    mf, graph = open_model(path)
+    t = get_target(target)
+    entry = next((e for e in mf.code_entries() if e.get("key") == t.key), None)
+    if entry is None or dims or not t.runs_natively:
+        return compile(graph, t, dims=dims)
+    ex = _executable(mf, entry)
+    return Model(graph, ex, t.name, ex.signature, ex.contract)
+
+
+def _executable(mf, entry: dict):
+    from ubique.compiler.pipeline import Signature
+    from ubique.runtime.contract import DimContract
+    from ubique.runtime.executable import Executable
+    from ubique.runtime.memory import DynamicMemory
+
+    blob = mf.code(entry["key"])  # verified against its sha256 before it is ever loaded
+    if blob is None:
+        raise ModelError(f"{mf.path}: the manifest lists code for {entry.get('target')!r} but the file has none")
+    try:
+        weights = [mf.tensors[n] for n in entry["weights"]]
+        with tempfile.TemporaryDirectory(prefix="ubique-load-") as tmp:
+            lib = Path(tmp) / "module.so"
+            lib.write_bytes(blob)
+            dynamic = entry.get("dynamic_memory")
+            return Executable(lib, entry["entry"], Signature.from_json(entry["signature"]), weights,
+                              entry["workspace_size"], DimContract.from_json(entry["contract"]),
+                              DynamicMemory.from_json(dynamic) if dynamic else None)
+    except (KeyError, TypeError, ValueError, OSError) as e:
+        raise ModelError(f"{mf.path}: the code entry for {entry.get('target')!r} is malformed: {e}") from None
