@@ -61,7 +61,8 @@ def graph_to_dict(g: Graph, locations: bool = True, store=None) -> dict:
         "inputs": [{"id": v.id, "name": v.name, **_type(v)} for v in g.inputs],
         "nodes": [{"op": n.op, "inputs": [v.id for v in n.inputs],
                    "attrs": {k: _enc_attr(a, store) for k, a in n.attrs.items()},
-                   "outputs": [{"id": v.id, **_type(v)} for v in n.outputs],
+                   "outputs": [{"id": v.id, **_type(v), **({"name": v.name} if v.name else {})}
+                               for v in n.outputs],
                    **({"loc": n.loc} if n.loc and locations else {})} for n in g.nodes],
         "outputs": [v.id for v in g.outputs],
     }
@@ -98,7 +99,7 @@ def graph_from_dict(d: dict, load=None) -> Graph:
             node = Node(nd["op"], [lookup(i) for i in nd["inputs"]],
                         {k: _dec_attr(a, load) for k, a in nd["attrs"].items()}, [], nd.get("loc"))
             for o in nd["outputs"]:
-                values[o["id"]] = val = Value(o["id"], TensorType(_shape(o), o["dtype"]), node)
+                values[o["id"]] = val = Value(o["id"], TensorType(_shape(o), o["dtype"]), node, o.get("name"))
                 node.outputs.append(val)
             g.nodes.append(node)
         g.outputs = [lookup(i) for i in d["outputs"]]

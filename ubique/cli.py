@@ -1,4 +1,4 @@
-"""The `ubique` command line: `ubique run`, `ubique inspect`, `ubique targets`,
+"""The `ubique` command line: `ubique compile`, `ubique run`, `ubique inspect`, `ubique targets`,
 `ubique cache [--clear]`, `ubique --version`."""
 from __future__ import annotations
 
@@ -67,12 +67,26 @@ def _load_inputs(model, items) -> dict:
     return feeds
 
 
+def _is_ubq(path: str) -> bool:
+    from ubique.runtime.model_file import MAGIC
+
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
 def _run(args) -> int:
     import numpy as np
 
     import ubique as ub
 
-    model = ub.compile(ub.import_onnx(args.model), args.target, dims=_parse_dims(args.dims))
+    dims = _parse_dims(args.dims)
+    if _is_ubq(args.model):
+        model = ub.load(args.model, args.target, dims=dims or None)
+    else:
+        model = ub.compile(ub.import_onnx(args.model), args.target, dims=dims)
     outputs = model.run(_load_inputs(model, args.input))
     for spec, out in zip(model.outputs, outputs):
         if args.output:
@@ -85,12 +99,38 @@ def _run(args) -> int:
     return 0
 
 
+def _compile(args) -> int:
+    import ubique as ub
+
+    targets = [t for t in (args.target or "").split(",") if t]
+    path = ub.save(ub.import_onnx(args.model), args.output, targets=targets, dims=_parse_dims(args.dims) or None)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB; code for: {', '.join(targets) or 'no target (portable)'})")
+    return 0
+
+
 def _inspect(args) -> int:
     import collections
 
     import ubique as ub
 
-    graph = ub.import_onnx(args.model)
+    if _is_ubq(args.model):
+        from ubique.runtime.model_file import KIND_NAMES
+        from ubique.ubq import open_model
+
+        mf, graph = open_model(args.model)
+        print(f"model file: {args.model} ({mf.size / 1e6:.2f} MB, {mf.manifest.get('producer')})")
+        for sec in mf.sections:
+            print(f"  section {KIND_NAMES.get(sec.kind, sec.kind):8s} {sec.length:>12,d} bytes  sha256 "
+                  f"{sec.sha256.hex()[:16]}  {sec.name}")
+        weights = sum(a.nbytes for a in mf.tensors.values())
+        print(f"weights: {len(mf.tensors)} tensors, {weights / 1e6:.2f} MB")
+        for e in mf.code_entries():
+            print(f"code: target {e['target']} ({e['triple']}, cpu={e['cpu']}) key {e['key']} "
+                  f"sha256 {e['sha256'][:16]}")
+        if not mf.code_entries():
+            print("code: none (portable: compiled where it is loaded)")
+    else:
+        graph = ub.import_onnx(args.model)
     print(f"inputs:  {', '.join(f'{v.name}: {v.type}' for v in graph.inputs)}")
     print(f"outputs: {', '.join(f'{v.name}: {v.type}' for v in graph.outputs)}")
     counts = collections.Counter(n.op for n in graph.nodes if n.op != "constant")
@@ -117,8 +157,14 @@ def main(argv=None) -> int:
     cache = sub.add_parser("cache", help="show (or --clear) the compiled-code cache")
     cache.add_argument("--clear", action="store_true")
     cache.set_defaults(fn=_cache)
+    comp = sub.add_parser("compile", help="compile an ONNX model into a .ubq model file")
+    comp.add_argument("model", help="an .onnx file")
+    comp.add_argument("-o", "--output", required=True, help="the .ubq file to write")
+    comp.add_argument("--target", default="", help="comma-separated targets to embed code for (e.g. x86_64,aarch64)")
+    comp.add_argument("--dims", nargs="*", metavar="NAME=SIZE|LO:HI", help="specialise or bound symbolic sizes")
+    comp.set_defaults(fn=_compile)
     run = sub.add_parser("run", help="compile a model and run it on .npy inputs")
-    run.add_argument("model", help="an .onnx file")
+    run.add_argument("model", help="an .onnx or .ubq file")
     run.add_argument("--input", action="append", metavar="NAME=FILE.npy", help="one per model input")
     run.add_argument("--output", metavar="DIR", help="save outputs as DIR/<name>.npy instead of printing")
     run.add_argument("--target", default=None, help="target name (default: this host)")
@@ -126,7 +172,7 @@ def main(argv=None) -> int:
     run.add_argument("--max-elements", type=int, default=100, help="print arrays in full up to this size")
     run.set_defaults(fn=_run)
     inspect = sub.add_parser("inspect", help="show a model's graph IR and the ops it uses")
-    inspect.add_argument("model", help="an .onnx file")
+    inspect.add_argument("model", help="an .onnx or .ubq file")
     inspect.add_argument("--summary", action="store_true", help="inputs, outputs and op counts only")
     inspect.set_defaults(fn=_inspect)
     args = parser.parse_args(argv)
