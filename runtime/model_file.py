@@ -146,10 +146,15 @@ class ModelFile:
                 raise ModelError(f"{self.path}: section {k} ({KIND_NAMES.get(kind, kind)}) lies outside the "
                                  f"file or is misaligned (truncated?)")
             self.sections.append(Section(kind, off, length, digest, name.rstrip(b"\0").decode("utf-8", "replace")))
+        manifest = bytes(self._verified(self._one(MANIFEST)))  # (its ModelErrors are not JSON errors)
         try:
-            self.manifest = json.loads(bytes(self._verified(self._one(MANIFEST))))
+            self.manifest = json.loads(manifest)
         except ValueError as e:
             raise ModelError(f"{self.path}: the manifest is not valid JSON: {e}") from None
+        code = self.manifest.get("code", []) if isinstance(self.manifest, dict) else None
+        if not isinstance(code, list) or not all(isinstance(e, dict) for e in code):
+            raise ModelError(f"{self.path}: the manifest is malformed (expected a JSON object whose \"code\" "
+                             "is a list of objects)")
         self._weights_section = self._one(WEIGHTS)
         self._verified(self._weights_section)  # a flipped byte in the weights is caught here
         self.tensors = self._read_safetensors(self._weights_section)
@@ -171,6 +176,8 @@ class ModelFile:
         try:
             (n,) = struct.unpack_from("<Q", self._map, s.offset)
             header = json.loads(bytes(self._map[s.offset + 8:s.offset + 8 + n]))
+            if not isinstance(header, dict):
+                raise ModelError(f"{self.path}: malformed weights section: the header is not a JSON object")
             base = s.offset + 8 + n
             out = {}
             for name, e in header.items():
@@ -179,15 +186,21 @@ class ModelFile:
                 dt = dtype_of(_FROM_ST[e["dtype"]]).to_numpy()
                 begin, end = e["data_offsets"]
                 count = int(np.prod(e["shape"], dtype=np.int64)) if e["shape"] else 1
-                if begin < 0 or base + end > s.offset + s.length or end - begin != count * dt.itemsize:
+                if (begin < 0 or end < begin or any(d < 0 for d in e["shape"]) or base + end > s.offset + s.length
+                        or end - begin != count * dt.itemsize):
                     raise ModelError(f"{self.path}: tensor {name!r} does not fit the weights section")
                 out[name] = np.frombuffer(self._map, dt, count, base + begin).reshape(e["shape"])
             return out
-        except (ValueError, KeyError, TypeError, struct.error) as e:
+        except ModelError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError, struct.error) as e:
             raise ModelError(f"{self.path}: malformed weights section: {e}") from None
 
     def graph_json(self) -> str:
-        return bytes(self._verified(self._one(GRAPH))).decode()
+        try:
+            return bytes(self._verified(self._one(GRAPH))).decode()
+        except UnicodeDecodeError as e:
+            raise ModelError(f"{self.path}: the graph section is not UTF-8 text: {e}") from None
 
     def code_entries(self) -> list[dict]:
         return list(self.manifest.get("code", []))

@@ -42,14 +42,14 @@ def save(graph: Graph, path, targets=(), dims: dict | None = None) -> Path:
     for new, old in zip(portable.outputs, graph.outputs):  # output copies keep the user's names
         new.name = old.name or new.name
     weights: dict[str, np.ndarray] = {}
-    by_id: dict[int, str] = {}
+    by_id: dict[int, tuple[str, np.ndarray]] = {}  # (keeps the array: its id is not reused)
 
     def store(a: np.ndarray) -> str:
-        name = by_id.get(id(a))
-        if name is None:
-            name = by_id[id(a)] = _content_name(a)
-            weights.setdefault(name, a)
-        return name
+        known = by_id.get(id(a))
+        if known is None:
+            known = by_id[id(a)] = (_content_name(a), a)
+            weights.setdefault(known[0], a)
+        return known[0]
 
     graph_json = dumps(portable, store=store)
     code, entries = [], []
@@ -91,8 +91,9 @@ def open_model(path):
         except KeyError:
             raise ModelError(f"{path}: the graph refers to tensor {name!r}, which the weights section lacks") from None
 
+    text = mf.graph_json()  # a missing or corrupt graph section: its own ModelError
     try:
-        graph = loads(mf.graph_json(), load=load)
+        graph = loads(text, load=load)
     except UbiqueError as e:
         raise ModelError(f"{path}: the graph section is invalid: {e}") from None
     return mf, graph
@@ -100,10 +101,14 @@ def open_model(path):
 
 def load(path, target=None, dims: dict | None = None):
     """A Model from a .ubq file: its embedded code for this machine when present and intact,
-    else the graph compiled here. The weights are used in place (memory-mapped)."""
+    else the graph compiled here. The weights are used in place (memory-mapped).
+    A model library built by `ubique build` for this host (an ELF file) runs through the C API."""
     from ubique.model import Model, compile
+    from ubique.runtime.aot import is_elf, load_library
     from ubique.targets.registry import get_target
 
+    if is_elf(path):  # a model library built by `ubique build`: run through its C API
+        return load_library(path, target, dims)
     mf, graph = open_model(path)
     t = get_target(target)
     entry = next((e for e in mf.code_entries() if e.get("key") == t.key), None)
@@ -122,6 +127,9 @@ def _executable(mf, entry: dict):
     blob = mf.code(entry["key"])  # verified against its sha256 before it is ever loaded
     if blob is None:
         raise ModelError(f"{mf.path}: the manifest lists code for {entry.get('target')!r} but the file has none")
+    if hashlib.sha256(blob).hexdigest() != entry.get("sha256"):
+        raise ModelError(f"{mf.path}: the code section for {entry.get('target')!r} does not match the sha256 "
+                         "its manifest entry records (the file is corrupt)")
     try:
         weights = [mf.tensors[n] for n in entry["weights"]]
         with tempfile.TemporaryDirectory(prefix="ubique-load-") as tmp:
@@ -132,4 +140,5 @@ def _executable(mf, entry: dict):
                               entry["workspace_size"], DimContract.from_json(entry["contract"]),
                               DynamicMemory.from_json(dynamic) if dynamic else None)
     except (KeyError, TypeError, ValueError, OSError) as e:
-        raise ModelError(f"{mf.path}: the code entry for {entry.get('target')!r} is malformed: {e}") from None
+        raise ModelError(f"{mf.path}: the code entry for {entry.get('target')!r} is malformed: "
+                         f"{type(e).__name__}: {e}") from None
