@@ -1,5 +1,5 @@
-"""The `ubique` command line: `ubique compile`, `ubique run`, `ubique inspect`, `ubique targets`,
-`ubique cache [--clear]`, `ubique --version`."""
+"""The `ubique` command line: `ubique compile`, `ubique build`, `ubique run`, `ubique inspect`,
+`ubique targets`, `ubique cache [--clear]`, `ubique config --include`, `ubique --version`."""
 from __future__ import annotations
 
 import argparse
@@ -108,6 +108,26 @@ def _compile(args) -> int:
     return 0
 
 
+def _build(args) -> int:
+    from ubique.runtime.aot import build_library
+
+    path = build_library(args.model, args.output, args.target, dims=_parse_dims(args.dims) or None,
+                         keep_sources=args.keep_sources)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, weights embedded; C API: "
+          f"#include <ubique.h> from `ubique config --include`, link with -ldl)")
+    return 0
+
+
+def _config(args) -> int:
+    from ubique.runtime.aot import include_dir
+
+    if args.include or not args.libs:
+        print(include_dir())
+    if args.libs:
+        print("-ldl")
+    return 0
+
+
 def _inspect(args) -> int:
     import collections
 
@@ -163,6 +183,17 @@ def main(argv=None) -> int:
     comp.add_argument("--target", default="", help="comma-separated targets to embed code for (e.g. x86_64,aarch64)")
     comp.add_argument("--dims", nargs="*", metavar="NAME=SIZE|LO:HI", help="specialise or bound symbolic sizes")
     comp.set_defaults(fn=_compile)
+    build = sub.add_parser("build", help="build a model into one self-contained shared library for the C API")
+    build.add_argument("model", help="a .ubq (or .onnx) file")
+    build.add_argument("-o", "--output", required=True, help="the shared library to write (libmodel.so)")
+    build.add_argument("--target", default=None, help="target name (default: this host; e.g. x86_64, aarch64)")
+    build.add_argument("--dims", nargs="*", metavar="NAME=SIZE|LO:HI", help="specialise or bound symbolic sizes")
+    build.add_argument("--keep-sources", metavar="DIR", help="keep the generated descriptor and weights in DIR")
+    build.set_defaults(fn=_build)
+    config = sub.add_parser("config", help="show where the C API header is (for building C programs)")
+    config.add_argument("--include", action="store_true", help="print the folder holding ubique.h")
+    config.add_argument("--libs", action="store_true", help="print the libraries a C program links (-ldl)")
+    config.set_defaults(fn=_config)
     run = sub.add_parser("run", help="compile a model and run it on .npy inputs")
     run.add_argument("model", help="an .onnx or .ubq file")
     run.add_argument("--input", action="append", metavar="NAME=FILE.npy", help="one per model input")
