@@ -92,8 +92,10 @@ class DiskCache:
         if entry.exists():
             _remove(entry)
 
-    def put(self, key: str, files: dict[str, bytes], meta: dict[str, Any]) -> Path:
-        """Store `files` (name -> content) and JSON-serialisable `meta` under `key`.
+    def put(self, key: str, files: dict[str, Any], meta: dict[str, Any]) -> Path:
+        """Store `files` (name -> content: bytes, or a list of buffers written one after
+        another, so large weights are never joined into one copy) and JSON-serialisable
+        `meta` under `key`.
 
         Returns the entry folder. If a verified entry for `key` already exists (e.g. written
         by a concurrent process), it is kept and this put's content is discarded.
@@ -111,7 +113,7 @@ class DiskCache:
             "format": _FORMAT,
             "key": key,
             "meta": meta,
-            "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
+            "files": {name: _digest(data) for name, data in files.items()},
         }
         try:
             manifest_text = json.dumps(manifest, indent=1, sort_keys=True)
@@ -123,7 +125,9 @@ class DiskCache:
         try:
             tmp.mkdir(parents=True)
             for name, data in files.items():
-                (tmp / name).write_bytes(data)
+                with open(tmp / name, "wb") as f:
+                    for chunk in (data if isinstance(data, list) else [data]):
+                        f.write(chunk)
             (tmp / MANIFEST).write_text(manifest_text)
             # Two attempts: the second runs after removing a corrupt entry in the way.
             for _ in range(2):
@@ -155,7 +159,7 @@ def _verify(entry: Path, key: str) -> bool:
         if manifest.get("format") != _FORMAT or manifest.get("key") != key:
             return False
         for name, digest in manifest["files"].items():
-            if hashlib.sha256((entry / name).read_bytes()).hexdigest() != digest:
+            if _file_digest(entry / name) != digest:
                 return False
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
@@ -170,3 +174,19 @@ def _remove(entry: Path) -> None:
     except OSError:
         return  # already gone (another process removed or replaced it)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a file, read in chunks (a large weights file is never held in memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _digest(data) -> str:
+    h = hashlib.sha256()
+    for chunk in (data if isinstance(data, list) else [data]):
+        h.update(chunk)
+    return h.hexdigest()

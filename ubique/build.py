@@ -125,7 +125,7 @@ def _build_uncached(graph: Graph, target: Target, key: str, dims: dict | None) -
     ex = None
     if entry is not None:
         try:
-            ex = _load_entry(entry)
+            ex = _load_entry(entry, _graph_arrays(graph, read_meta(entry)))
             _stats["disk_hits"] += 1
         except (OSError, ValueError, KeyError, UbiqueError):
             # verified bytes that still do not load (built for another machine, truncated
@@ -160,26 +160,55 @@ def _store(key: str, program: Program) -> Executable:
                  "graph_ir.txt": program.graph_ir.encode(), "loop_ir.txt": program.loop_ir.encode()}
     entry = DiskCache("modules").put(key, files, meta)
     _stats["disk_writes"] += 1
-    return _load_entry(entry)
+    return _load_entry(entry, program.weights)
 
 
-def _pack_weights(weights: list[np.ndarray]) -> tuple[bytes, list[dict]]:
-    blob, specs = bytearray(), []
+def _pack_weights(weights: list[np.ndarray]) -> tuple[list, list[dict]]:
+    """The weights file as a list of buffers (padding and views of the arrays: no copy)."""
+    chunks, specs, size = [], [], 0
     for w in weights:
-        blob.extend(b"\0" * (-len(blob) % _ALIGN))
-        specs.append({"offset": len(blob), "shape": list(w.shape), "dtype": dtype_of(w.dtype).short})
-        blob.extend(np.ascontiguousarray(w).tobytes())
-    return bytes(blob), specs
+        pad = -size % _ALIGN
+        if pad:
+            chunks.append(b"\0" * pad)
+            size += pad
+        w = np.require(w, requirements="C")
+        specs.append({"offset": size, "shape": list(w.shape), "dtype": dtype_of(w.dtype).short,
+                      "digest": _array_digest(w)})
+        chunks.append(w.reshape(-1).view(np.uint8))
+        size += w.nbytes
+    return chunks, specs
 
 
-def _load_entry(entry: Path) -> Executable:
+def _graph_arrays(graph: Graph, meta: dict) -> list[np.ndarray] | None:
+    """The entry's weights taken from the graph's own constants where they are the same
+    arrays (a model file's mapped weights are then not mapped a second time), else None."""
+    specs = meta.get("weights", [])
+    if not specs or not all("digest" in s for s in specs):
+        return None
+    wanted = {s["digest"] for s in specs}
+    found = {}
+    for n in graph.nodes:
+        if n.op == "constant" and n.attrs["value"].nbytes >= 1 << 16:
+            d = _array_digest(n.attrs["value"])
+            if d in wanted:
+                found[d] = n.attrs["value"]
+    if len(found) < len(wanted):
+        return None  # folded weights exist only in the entry
+    return [found[s["digest"]] for s in specs]
+
+
+def _load_entry(entry: Path, weights: list[np.ndarray] | None = None) -> Executable:
+    """The executable of a cache entry; its weights are mapped from the entry's file
+    unless the caller still holds them (`weights`, in entry order)."""
     meta = read_meta(entry)
-    blob = (entry / "weights.bin").read_bytes()
-    weights = []
-    for spec in meta["weights"]:
-        dt = dtype_of(spec["dtype"]).to_numpy()
-        count = int(np.prod(spec["shape"], dtype=np.int64))
-        weights.append(np.frombuffer(blob, dt, count, spec["offset"]).reshape(spec["shape"]))
+    if weights is None:
+        weights = []
+        path = entry / "weights.bin"
+        blob = np.memmap(path, np.uint8, "r") if path.stat().st_size else b""
+        for spec in meta["weights"]:
+            dt = dtype_of(spec["dtype"]).to_numpy()
+            count = int(np.prod(spec["shape"], dtype=np.int64))
+            weights.append(np.frombuffer(blob, dt, count, spec["offset"]).reshape(spec["shape"]))
     dynamic = meta.get("dynamic_memory")
     return Executable(entry / "module.so", meta["entry"], Signature.from_json(meta["signature"]),
                       weights, meta["workspace_size"], DimContract.from_json(meta["contract"]),
