@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import math
 
-from ubique.errors import ShapeError
+from ubique.errors import ShapeError, UnsupportedOpError
+from ubique.ir import dims as D
 from ubique.ir import loop as L
 from ubique.ir.dtypes import DType, float_result, promote
 from ubique.ir.graph import TensorType
-from ubique.ir.registry import Attr, OpDef, dim_expr, normalize_axis, register
+from ubique.ir.registry import Attr, OpDef, broadcast_shapes, dim_expr, normalize_axis, register
 
 _WINDOW = {
     "stride": Attr("ints", (1, 1)),
@@ -57,6 +58,9 @@ def _conv_infer(ts, attrs):
     g = attrs["groups"]
     n, c, h, wd = x.shape
     o, ci, kh, kw = w.shape
+    if not all(D.is_static(d) for d in (c, h, wd, o, ci, kh, kw)):
+        raise UnsupportedOpError(f"conv2d: the input's channels and spatial sizes {tuple(x.shape[1:])} and the "
+                                 f"weight shape {tuple(w.shape)} must be static (only the batch may be symbolic)")
     if g < 1 or c % g or o % g:
         raise ShapeError(f"conv2d: groups={g} must divide input channels {c} and output channels {o}")
     if ci != c // g:
@@ -96,6 +100,8 @@ def _pool_infer(op):
             raise ShapeError(f"{op}: expects an NCHW input (rank 4), got rank {x.rank}")
         if len(attrs["kernel"]) != 2 or min(attrs["kernel"]) < 1:
             raise ShapeError(f"{op}: kernel must be two positive ints, got {attrs['kernel']}")
+        if not all(D.is_static(d) for d in x.shape[2:]):
+            raise UnsupportedOpError(f"{op}: the spatial sizes {tuple(x.shape[2:])} must be static")
         (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = (attrs["kernel"], attrs["stride"], attrs["dilation"],
                                                           attrs["padding"])
         oh = _window_out(op, x.shape[2], kh, sh, pt, pb, dh, attrs["ceil_mode"])
@@ -201,7 +207,8 @@ def _ln_infer(ts, attrs):
     axis = normalize_axis("layer_norm", attrs["axis"], x.rank)
     norm_shape = tuple(x.shape[axis:])
     for name, t in zip(("scale", "bias"), ts[1:]):
-        if tuple(t.shape) != norm_shape and len(t.shape) > len(norm_shape):
+        if tuple(t.shape) != norm_shape and (len(t.shape) > len(norm_shape)
+                                             or broadcast_shapes("layer_norm", t.shape, norm_shape) != norm_shape):
             raise ShapeError(f"layer_norm: {name} has shape {tuple(t.shape)}, expected {norm_shape}")
     return [TensorType(x.shape, float_result(x.dtype))]
 

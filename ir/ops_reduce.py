@@ -32,7 +32,7 @@ def _sum_dtype(d: DType) -> DType:
 def _reduce_op(name, kind, result):
     def infer(ts, attrs):
         shape, ax = _reduced_shape(name, ts[0], attrs["axes"], attrs["keepdims"])
-        if kind in ("max", "min") and any(ts[0].shape[a] == 0 for a in ax):
+        if kind in ("max", "min") and any(a < ts[0].rank and ts[0].shape[a] == 0 for a in ax):
             raise ShapeError(f"{name}: reduction over a zero-size axis has no identity (numpy raises too)")
         return [TensorType(shape, result(ts[0].dtype))]
 

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import math
 
-from ubique.errors import ShapeError
+import numpy as np
+
+from ubique.errors import DTypeError, ShapeError
 from ubique.ir import dims as D
 from ubique.ir import loop as L
 from ubique.ir.dtypes import promote
@@ -165,8 +167,13 @@ def _pad_infer(ts, attrs):
         raise ShapeError(f"pad: pads must hold {2 * t.rank} non-negative ints (before..., after...), got {pads}")
     if attrs["mode"] not in ("constant", "edge", "reflect", "wrap"):
         raise ShapeError(f"pad: mode {attrs['mode']!r} is not one of constant, edge, reflect, wrap")
+    if attrs["mode"] == "constant" and not t.dtype.is_float:
+        v, np_dtype = attrs["value"], t.dtype.to_numpy()
+        lo, hi = (0, 1) if np_dtype == bool else (np.iinfo(np_dtype).min, np.iinfo(np_dtype).max)
+        if not math.isfinite(v) or not lo <= v <= hi:
+            raise DTypeError(f"pad: the value {v} cannot be stored in a {t.dtype.name} tensor")
     r = t.rank
-    shape = tuple(d + pads[k] + pads[r + k] for k, d in enumerate(t.shape))
+    shape = tuple(D.add(d, pads[k] + pads[r + k]) for k, d in enumerate(t.shape))
     if attrs["mode"] != "constant" and any(d == 0 and (pads[k] or pads[r + k]) for k, d in enumerate(t.shape)):
         raise ShapeError(f"pad: mode {attrs['mode']} cannot pad an empty axis")
     return [TensorType(shape, t.dtype)]

@@ -28,16 +28,19 @@ def load_model(source):
     inside the model's folder. Returns (model, base folder or None)."""
     onnx = require_onnx()
     if isinstance(source, onnx.ModelProto):
+        _check_graph(source)
         return source, None
     if isinstance(source, (bytes, bytearray, memoryview)):
         data, base = bytes(source), None
-    else:
+    elif isinstance(source, (str, os.PathLike)):
         path = Path(os.fspath(source))
         try:
             data = path.read_bytes()
         except OSError as e:
             raise ModelError(f"cannot read ONNX model {path}: {e.strerror or e}") from None
         base = path.resolve().parent
+    else:
+        raise ModelError(f"import_onnx takes a path, bytes or an onnx.ModelProto, got {type(source).__name__}")
     if not data:
         raise ModelError("the ONNX model is empty (0 bytes)")
     model = onnx.ModelProto()
@@ -45,10 +48,41 @@ def load_model(source):
         model.ParseFromString(data)
     except Exception as e:  # protobuf raises DecodeError (and others) on corrupt bytes
         raise ModelError(f"the ONNX model is corrupt or truncated: {type(e).__name__}: {e}") from None
-    if not model.HasField("graph") or not model.graph.node and not model.graph.output:
-        raise ModelError("the file is not an ONNX model (it parsed, but holds no graph); "
-                         "is it truncated or another format?")
+    _check_graph(model)
     return model, base
+
+
+def _check_graph(model) -> None:
+    if not model.HasField("graph") or not model.graph.node and not model.graph.output:
+        raise ModelError("the ONNX model holds no graph (or an empty one: no nodes, no outputs); "
+                         "is it truncated or another format?")
+    _check_text(model, "model")
+
+
+def _check_text(msg, where: str) -> None:
+    """Every string field of the model must be valid UTF-8: protobuf hands back invalid
+    text (corrupt files) as bytes, which no name or op type may be."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    stack = [(msg, where)]
+    while stack:
+        m, at = stack.pop()
+        for field, value in m.ListFields():
+            if field.type == FieldDescriptor.TYPE_STRING:
+                items = value if _is_repeated(field) else [value]
+                if any(isinstance(v, bytes) for v in items):
+                    raise ModelError(f"the ONNX model is corrupt: {at}.{field.name} holds text that is not "
+                                     "valid UTF-8")
+            elif field.type == FieldDescriptor.TYPE_MESSAGE:
+                items = value if _is_repeated(field) else [value]
+                stack.extend((v, f"{at}.{field.name}") for v in items)
+
+
+def _is_repeated(field) -> bool:
+    label = getattr(field, "is_repeated", None)
+    if label is not None:
+        return label
+    return field.label == field.LABEL_REPEATED
 
 
 # ONNX TensorProto element types -> ubique dtypes (others are refused by name)
@@ -72,15 +106,41 @@ def tensor_to_array(t, base: Path | None) -> np.ndarray:
     from onnx import numpy_helper
 
     dtype = onnx_dtype(t.data_type, f"tensor {t.name!r}")
+    if any(d < 0 for d in t.dims):
+        raise ModelError(f"tensor {t.name!r} has negative dimensions {tuple(t.dims)}")
+    count = 1
+    for d in t.dims:
+        count *= d
     if t.data_location == onnx.TensorProto.EXTERNAL:
         return _external(t, base, dtype)
+    stored = _stored_count(t, dtype)
+    if stored is not None and stored != count:
+        raise ModelError(f"tensor {t.name!r}: its dims {tuple(t.dims)} call for {count} elements, "
+                         f"but it holds {stored}")
     try:
         arr = numpy_helper.to_array(t)
     except Exception as e:
-        raise ModelError(f"tensor {t.name!r} is malformed: {e}") from None
+        raise ModelError(f"tensor {t.name!r} is malformed: {type(e).__name__}: {e}") from None
+    if arr.size != count:
+        raise ModelError(f"tensor {t.name!r}: its dims {tuple(t.dims)} call for {count} elements, "
+                         f"but it holds {arr.size}")
     if dtype is DType.bfloat16:
         return arr.astype(dtype.to_numpy()) if arr.dtype != dtype.to_numpy() else arr
     return np.array(arr, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+
+
+def _stored_count(t, dtype: DType) -> int | None:
+    """How many elements a tensor's data holds (None where it cannot tell cheaply)."""
+    if t.HasField("raw_data"):
+        itemsize = dtype.to_numpy().itemsize
+        if len(t.raw_data) % itemsize:
+            return -1  # a partial element
+        return len(t.raw_data) // itemsize
+    for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+        n = len(getattr(t, field))
+        if n:
+            return n  # (one element per entry; float16, int8, bool... are stored one per int32)
+    return 0
 
 
 def _external(t, base: Path | None, dtype: DType) -> np.ndarray:
@@ -99,8 +159,12 @@ def _external(t, base: Path | None, dtype: DType) -> np.ndarray:
     shape = tuple(t.dims)
     itemsize = dtype.to_numpy().itemsize
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    offset = int(info.get("offset", 0))
-    length = int(info.get("length", count * itemsize))
+    try:
+        offset = int(info.get("offset", 0))
+        length = int(info.get("length", count * itemsize))
+    except ValueError:
+        raise ModelError(f"tensor {t.name!r}: external data offset {info.get('offset')!r} or length "
+                         f"{info.get('length')!r} is not an integer") from None
     try:
         size = path.stat().st_size
     except OSError as e:
@@ -121,6 +185,14 @@ def attributes(node) -> dict:
 
     out = {}
     for a in node.attribute:
+        kind = attribute_type(a)
+        if kind == 0:
+            raise ModelError(f"attribute {a.name!r} has no type and no value")
+        if kind not in _ATTR_KINDS:
+            raise ModelError(f"attribute {a.name!r} has the unknown type code {kind}")
+        if a.type != kind:  # (very old exporters left the type out)
+            a = type(a).FromString(a.SerializeToString())
+            a.type = kind
         if a.type == onnx.AttributeProto.TENSOR:
             out[a.name] = tensor_to_array(a.t, None)
         elif a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
@@ -133,3 +205,25 @@ def attributes(node) -> dict:
                 v = [x.decode("utf-8", "replace") for x in v]
             out[a.name] = v
     return out
+
+
+_ATTR_FIELDS = (("f", 1), ("i", 2), ("s", 3), ("t", 4), ("g", 5), ("sparse_tensor", 11), ("tp", 13))
+_ATTR_LISTS = (("floats", 6), ("ints", 7), ("strings", 8), ("tensors", 9), ("graphs", 10),
+               ("sparse_tensors", 12), ("type_protos", 14))
+
+
+_ATTR_KINDS = {code for _, code in _ATTR_FIELDS + _ATTR_LISTS}
+
+
+def attribute_type(a) -> int:
+    """An AttributeProto's type; for attributes written without one, the type of the field
+    that holds the value (0 if none does)."""
+    if a.type:
+        return a.type
+    for field, code in _ATTR_FIELDS:
+        if a.HasField(field):
+            return code
+    for field, code in _ATTR_LISTS:
+        if len(getattr(a, field)):
+            return code
+    return 0

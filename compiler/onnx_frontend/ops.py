@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ubique.errors import ShapeError, UnsupportedOpError
+from ubique.errors import DTypeError, ModelError, ShapeError, UnsupportedOpError
 from ubique.ir import dims as D
 from ubique.ir.dims import Sym
 from ubique.ir.dtypes import DType
-from ubique.ir.registry import normalize_axis
+from ubique.ir.registry import broadcast_shapes
 from ubique.compiler.onnx_frontend.importer import dims_of, symbolic
 from ubique.compiler.onnx_frontend.loader import onnx_dtype
 
@@ -69,11 +69,21 @@ def _unary(ctx):
     return [ctx.op(_UNARY[ctx.node.op_type], ctx.value(0))]
 
 
+# tensors computed at import time stay numpy arrays up to this many elements
+FOLD_LIMIT = 1 << 16
+
+
+def _known_shapes_broadcast(ctx):
+    """Shape arithmetic folded with numpy: the operands must broadcast (ONNX rules)."""
+    return broadcast_shapes(ctx.node.op_type, *(ctx.const(i).shape for i in range(ctx.num_inputs)))
+
+
 @handles(*_BINARY)
 def _binary(ctx):
     op = ctx.node.op_type
     if op in _NUMPY_BINARY and _all_known(ctx) and (ctx.const(0).dtype == object or ctx.const(1).dtype == object
                                                   or ctx.const(0).size <= 64):
+        _known_shapes_broadcast(ctx)
         return [_NUMPY_BINARY[op](ctx.const(0), ctx.const(1))]
     a, b = ctx.value(0), ctx.value(1)
     if op == "Pow" and a.dtype.is_float and b.dtype != a.dtype:  # ONNX: the result has the base's type
@@ -88,6 +98,9 @@ def _binary(ctx):
 def _div(ctx):
     if _all_known(ctx) and (ctx.const(0).dtype == object or ctx.const(0).size <= 64):
         a, b = ctx.const(0), ctx.const(1)
+        _known_shapes_broadcast(ctx)
+        if b.dtype.kind in "iuO" and any(not isinstance(y, Sym) and y == 0 for y in b.reshape(-1)):
+            ctx.invalid(f"integer division by zero in shape arithmetic (divisor {b.tolist()})")
         if a.dtype == object or b.dtype == object:  # sizes: exact floor division of dimensions
             a, b = np.broadcast_arrays(a, b)
             return [np.array([Sym.of(x) // y for x, y in zip(a.reshape(-1), b.reshape(-1))],
@@ -162,6 +175,8 @@ def _clip(ctx):
             c = ctx.const(i)
             if c is None:
                 bounds[name] = ctx.value(i)
+            elif np.asarray(c).size != 1:
+                ctx.invalid(f"{name} must be a scalar, got shape {np.asarray(c).shape}")
             else:
                 bounds[name] = float(np.asarray(c).reshape(-1)[0])
     if any(not isinstance(b, float) for b in bounds.values()):  # tensor bounds
@@ -201,9 +216,15 @@ def _identity(ctx):
     c = ctx.const(0)
     out = c if c is not None else ctx.value(0)
     if ctx.node.op_type == "Dropout":
-        if ctx.has(2) and ctx.ints(2, "training_mode")[0]:
+        if ctx.has(2) and ctx.scalar_int(2, "training_mode"):
             ctx.unsupported("training_mode=True is not supported (inference only)")
-        mask = np.ones(tuple(int(d) for d in ctx.shape(0)), bool) if len(ctx.node.output) > 1 else None
+        mask = None
+        if len(ctx.node.output) > 1 and ctx.node.output[1]:
+            shape = tuple(ctx.shape(0))
+            if all(isinstance(d, int) for d in shape) and D.prod(shape) <= FOLD_LIMIT:
+                mask = np.ones(shape, bool)
+            else:
+                mask = ctx.op("broadcast_to", ctx.constant(True, DType.bool), shape=shape)
         return [out, mask]
     return [out]
 
@@ -217,6 +238,8 @@ def _matmul(ctx):
 @handles("Gemm")
 def _gemm(ctx):
     a, b = ctx.value(0), ctx.value(1)
+    if a.type.rank != 2 or b.type.rank != 2:
+        ctx.invalid(f"A and B must be matrices (rank 2), got shapes {tuple(a.shape)} and {tuple(b.shape)}")
     if ctx.attr("transA", 0):
         a = ctx.op("transpose", a, perm=(1, 0))
     if ctx.attr("transB", 0):
@@ -227,6 +250,8 @@ def _gemm(ctx):
         y = ctx.op("mul", y, ctx.constant(alpha, y.dtype))
     if ctx.has(2) and beta != 0.0:
         c = ctx.value(2)
+        if broadcast_shapes("Gemm", y.shape, c.shape) != tuple(y.shape):
+            ctx.invalid(f"C has shape {tuple(c.shape)}, which does not broadcast to the result {tuple(y.shape)}")
         if beta != 1.0:
             c = ctx.op("mul", c, ctx.constant(beta, c.dtype))
         y = ctx.op("add", y, c)
@@ -240,7 +265,7 @@ def _spatial_pads(ctx, in_spatial, kernel, strides, dilations):
     if auto in ("NOTSET", ""):
         pads = list(ctx.attr("pads", [0] * (2 * n)))
         if len(pads) != 2 * n:
-            ctx.unsupported(f"pads must have {2 * n} entries, got {pads}")
+            ctx.invalid(f"pads must have {2 * n} entries, got {pads}")
         return pads
     if auto == "VALID":
         return [0] * (2 * n)
@@ -275,39 +300,70 @@ def _from_2d(ctx, y, rank):
 
 def _window_attrs(ctx, x_shape, kernel):
     n = len(kernel)
+    if n != len(x_shape) - 2:
+        ctx.invalid(f"kernel_shape {kernel} must have one entry per spatial axis of the input "
+                    f"{tuple(x_shape)} ({len(x_shape) - 2})")
     strides = list(ctx.attr("strides", [1] * n))
     dilations = list(ctx.attr("dilations", [1] * n))
+    for name, vals in (("strides", strides), ("dilations", dilations)):
+        if len(vals) != n or any(v < 1 for v in vals):
+            ctx.invalid(f"{name} {vals} must be {n} positive ints (one per spatial axis)")
     pads = _spatial_pads(ctx, x_shape[2:], kernel, strides, dilations)
     if n == 1:
         return (1, strides[0]), (1, dilations[0]), (0, pads[0], 0, pads[1]), (1, kernel[0])
     return tuple(strides), tuple(dilations), (pads[0], pads[1], pads[2], pads[3]), tuple(kernel)
 
 
+def _spatial_ranks(ctx, x, w):
+    """Conv-like ops: x is (N, C, spatial...) and w has the same rank."""
+    rank = x.type.rank
+    if rank < 3:
+        ctx.invalid(f"the input must have rank >= 3 (N, C, spatial...), got shape {tuple(x.shape)}")
+    if w.type.rank != rank:
+        ctx.invalid(f"the weight {tuple(w.shape)} must have the input's rank {rank} (input {tuple(x.shape)})")
+    kernel = list(ctx.attr("kernel_shape", w.shape[2:]))
+    if len(kernel) != rank - 2 or tuple(kernel) != tuple(w.shape[2:]):
+        ctx.invalid(f"kernel_shape {kernel} does not match the weight's spatial shape {tuple(w.shape[2:])}")
+    return rank, kernel
+
+
 @handles("Conv")
 def _conv(ctx):
     x, w = ctx.value(0), ctx.value(1)
-    rank = x.type.rank
-    kernel = list(ctx.attr("kernel_shape", w.shape[2:]))
+    rank, kernel = _spatial_ranks(ctx, x, w)
     stride, dil, pads, _ = _window_attrs(ctx, x.shape, kernel)
     y = ctx.op("conv2d", _as_2d(ctx, x, rank), _as_2d(ctx, w, rank), stride=stride, padding=pads,
                dilation=dil, groups=int(ctx.attr("group", 1)))
     if ctx.has(2):
-        y = ctx.op("add", y, ctx.op("reshape", ctx.value(2), shape=(w.shape[0], 1, 1)))
+        y = ctx.op("add", y, ctx.op("reshape", _bias(ctx, y.shape[1]), shape=(y.shape[1], 1, 1)))
     return [_from_2d(ctx, y, rank)]
+
+
+def _bias(ctx, channels):
+    b = ctx.value(2)
+    if tuple(b.shape) != (channels,):
+        ctx.invalid(f"the bias B has shape {tuple(b.shape)}; it must be ({channels},), one per output channel")
+    return b
 
 
 @handles("ConvTranspose")
 def _conv_transpose(ctx):
     x, w = ctx.value(0), ctx.value(1)
-    rank = x.type.rank
-    kernel = list(ctx.attr("kernel_shape", w.shape[2:]))
+    rank, kernel = _spatial_ranks(ctx, x, w)
     n = len(kernel)
     strides = list(ctx.attr("strides", [1] * n))
     dil = list(ctx.attr("dilations", [1] * n))
     out_pad = list(ctx.attr("output_padding", [0] * n))
+    for name, vals in (("strides", strides), ("dilations", dil), ("output_padding", out_pad)):
+        if len(vals) != n or any(v < (0 if name == "output_padding" else 1) for v in vals):
+            ctx.invalid(f"{name} {vals} must be {n} {'non-negative' if name == 'output_padding' else 'positive'} "
+                        "ints (one per spatial axis)")
     group = int(ctx.attr("group", 1))
     spatial = x.shape[2:]
-    full = [s * (i - 1) + op + (k - 1) * d + 1 for s, i, op, k, d in zip(strides, spatial, out_pad, kernel, dil)]
+    if ctx.attr("output_shape") is not None or ctx.attr("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
+        if not all(isinstance(i, int) for i in list(spatial) + kernel):
+            ctx.unsupported("output_shape and auto_pad SAME need static spatial sizes and kernel")
+        full = [s * (i - 1) + op + (k - 1) * d + 1 for s, i, op, k, d in zip(strides, spatial, out_pad, kernel, dil)]
     if ctx.attr("output_shape") is not None:
         want = list(ctx.attr("output_shape"))[-n:]
         total = [f - o for f, o in zip(full, want)]
@@ -321,12 +377,14 @@ def _conv_transpose(ctx):
         pads = lo + [t - b for t, b in zip(total, lo)]
     else:
         pads = list(ctx.attr("pads", [0] * (2 * n)))
+        if len(pads) != 2 * n:
+            ctx.invalid(f"pads must have {2 * n} entries, got {pads}")
     if n == 1:
         strides, dil, out_pad, pads = [1] + strides, [1] + dil, [0] + out_pad, [0, pads[0], 0, pads[1]]
     y = ctx.op("conv_transpose2d", _as_2d(ctx, x, rank), _as_2d(ctx, w, rank), stride=tuple(strides),
                padding=tuple(pads), dilation=tuple(dil), output_padding=tuple(out_pad), groups=group)
     if ctx.has(2):
-        y = ctx.op("add", y, ctx.op("reshape", ctx.value(2), shape=(y.shape[1], 1, 1)))
+        y = ctx.op("add", y, ctx.op("reshape", _bias(ctx, y.shape[1]), shape=(y.shape[1], 1, 1)))
     return [_from_2d(ctx, y, rank)]
 
 
@@ -349,7 +407,7 @@ def _instance_norm(ctx):
 def _layer_norm(ctx):
     ins = [ctx.value(i) for i in range(ctx.num_inputs) if ctx.has(i)]
     x = ins[0]
-    axis, eps = normalize_axis("LayerNormalization", int(ctx.attr("axis", -1)), x.type.rank), \
+    axis, eps = ctx.axis(int(ctx.attr("axis", -1)), x.type.rank), \
         float(ctx.attr("epsilon", 1e-5))
     y = ctx.op("layer_norm", *ins, axis=axis, epsilon=eps)
     if len(ctx.node.output) == 1:
@@ -371,7 +429,7 @@ def _softmax(ctx):
     if ctx.opset >= 13:
         return [ctx.op(op, x, axis=int(ctx.attr("axis", -1)))]
     # before opset 13 the input is coerced to 2-D at `axis` (default 1)
-    axis = normalize_axis(op, int(ctx.attr("axis", 1)), x.type.rank)
+    axis = ctx.axis(int(ctx.attr("axis", 1)), x.type.rank)
     flat = ctx.op("reshape", x, shape=(D.prod(x.shape[:axis]), D.prod(x.shape[axis:])))
     return [ctx.op("reshape", ctx.op(op, flat, axis=1), shape=x.shape)]
 
@@ -415,7 +473,13 @@ def _reduce_axes(ctx):
         axes = None
     if axes is None and ctx.attr("noop_with_empty_axes", 0):
         return "noop", keep
-    return (None if axes is None else tuple(int(a) for a in axes)), keep
+    if axes is None:
+        return None, keep
+    rank = len(ctx.shape(0))
+    axes = tuple(ctx.axis(int(a), rank) for a in axes)
+    if len(set(axes)) != len(axes):
+        ctx.invalid(f"axes {list(axes)} repeat an axis")
+    return axes, keep
 
 
 @handles("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
@@ -452,7 +516,7 @@ def _reduce(ctx):
 def _arg(ctx):
     op = "argmax" if ctx.node.op_type == "ArgMax" else "argmin"
     x = ctx.value(0)
-    axis = normalize_axis(op, int(ctx.attr("axis", 0)), x.type.rank)
+    axis = ctx.axis(int(ctx.attr("axis", 0)), x.type.rank)
     keep = bool(ctx.attr("keepdims", 1))
     if not ctx.attr("select_last_index", 0):
         return [ctx.op(op, x, axis=axis, keepdims=keep)]
@@ -489,32 +553,56 @@ def _constant(ctx):
                      ("value_ints", np.int64)):
         if name in a:
             return [np.array(a[name], dt)]
+    if not a:
+        ctx.invalid("it has no value attribute (value, value_float(s), value_int(s)...)", ModelError)
     ctx.unsupported(f"constant attribute {sorted(a)} is not supported")
 
 
 @handles("ConstantOfShape")
 def _constant_of_shape(ctx):
     shape = ctx.ints(0, "shape")
+    if ctx.known_input(0, "shape").ndim != 1:
+        ctx.invalid(f"the shape input must be a 1-D tensor, got shape {ctx.known_input(0, 'shape').shape}")
+    if any(isinstance(d, int) and d < 0 for d in shape):
+        ctx.invalid(f"the shape {shape} has a negative size")
     value = ctx.attr("value")
+    if value is not None and np.asarray(value).size != 1:
+        ctx.invalid(f"the value attribute must hold one element, got {np.asarray(value).size}")
     fill = np.zeros((), np.float32) if value is None else np.asarray(value).reshape(())
-    if all(isinstance(d, int) for d in shape):
+    if all(isinstance(d, int) for d in shape) and D.prod(shape) <= FOLD_LIMIT:
         return [np.full(shape, fill, fill.dtype)]
     return [ctx.op("broadcast_to", ctx.constant(fill), shape=dims_of(shape))]
 
 
 @handles("Range")
 def _range(ctx):
-    start, limit, delta = (ctx.known_input(i, name).reshape(()) for i, name in enumerate(("start", "limit", "delta")))
+    parts = [ctx.known_input(i, name) for i, name in enumerate(("start", "limit", "delta"))]
+    for a, name in zip(parts, ("start", "limit", "delta")):
+        if a.size != 1:
+            ctx.invalid(f"{name} must be a scalar, got shape {a.shape}")
+    start, limit, delta = (a.reshape(()) for a in parts)
     if any(a.dtype == object for a in (start, limit, delta)):
         ctx.unsupported("a range over a symbolic size is not supported; give that size statically with dims=")
-    n = max(int(np.ceil((limit - start) / delta)), 0)
+    if delta == 0:
+        ctx.invalid("delta must not be zero")
+    n = np.ceil((limit.astype(np.float64) - start) / delta)
+    if not np.isfinite(n):
+        ctx.invalid(f"start {start}, limit {limit} and delta {delta} do not make a finite range")
+    n = max(int(n), 0)
+    if n > FOLD_LIMIT * 256:
+        ctx.unsupported(f"a range of {n} elements is too large to build at import time")
     return [(start + np.arange(n) * delta).astype(start.dtype)]
 
 
 def _reshape_target(ctx, in_shape, target, allowzero):
     out = []
     for k, d in enumerate(target):
+        if not isinstance(d, Sym) and d < -1:
+            ctx.invalid(f"reshape target {tuple(target)} holds the size {d} (sizes are >= 0, or -1 to infer one)")
         if not isinstance(d, Sym) and d == 0 and not allowzero:
+            if k >= len(in_shape):
+                ctx.invalid(f"reshape target {tuple(target)}: the 0 at position {k} copies a dimension the "
+                            f"input {tuple(in_shape)} does not have")
             d = in_shape[k]
         out.append(d)
     if sum(1 for d in out if not isinstance(d, Sym) and d == -1) > 1:
@@ -528,12 +616,20 @@ def _reshape_target(ctx, in_shape, target, allowzero):
         if D.mul(rest, known) != D.norm(total):
             raise ShapeError(f"reshape: {tuple(in_shape)} cannot be reshaped into {tuple(target)}")
         out = [rest if not isinstance(d, Sym) and d == -1 else d for d in out]
-    return dims_of(out)
+    out = dims_of(out)
+    if D.norm(D.prod(out)) != D.norm(D.prod(in_shape)):
+        raise ShapeError(f"reshape: {tuple(in_shape)} cannot be reshaped into {tuple(target)}")
+    return out
 
 
 @handles("Reshape")
 def _reshape(ctx):
-    target = ctx.ints(1, "shape") if ctx.opset >= 5 else list(ctx.attr("shape"))
+    if ctx.opset >= 5:
+        if ctx.known_input(1, "shape").ndim != 1:
+            ctx.invalid(f"the shape input must be a 1-D tensor, got shape {ctx.known_input(1, 'shape').shape}")
+        target = ctx.ints(1, "shape")
+    else:
+        target = list(ctx.attr("shape", []))
     shape = _reshape_target(ctx, ctx.shape(0), target, ctx.attr("allowzero", 0))
     c = ctx.const(0)
     if c is not None and all(isinstance(d, int) for d in shape) and (c.dtype == object or c.size <= 1024):
@@ -545,6 +641,9 @@ def _reshape(ctx):
 def _flatten(ctx):
     shape = ctx.shape(0)
     axis = ctx.attr("axis", 1)
+    if not -len(shape) <= axis <= len(shape):
+        ctx.invalid(f"axis {axis} is out of range for a tensor of rank {len(shape)} (it may be {-len(shape)} "
+                    f"to {len(shape)})")
     axis = axis + len(shape) if axis < 0 else axis
     return [ctx.op("reshape", ctx.value(0), shape=(D.prod(shape[:axis]), D.prod(shape[axis:])))]
 
@@ -552,6 +651,9 @@ def _flatten(ctx):
 @handles("Transpose")
 def _transpose(ctx):
     perm = ctx.attr("perm")
+    rank = len(ctx.shape(0))
+    if perm is not None and sorted(perm) != list(range(rank)):
+        ctx.invalid(f"perm {tuple(perm)} is not a permutation of the {rank} axes of the input")
     c = ctx.const(0)
     if c is not None and c.size <= 64:
         return [np.transpose(c, perm)]
@@ -568,8 +670,13 @@ def _axes_arg(ctx, attr_opset):
 def _unsqueeze(ctx):
     shape = list(ctx.shape(0))
     axes = _axes_arg(ctx, 13)
+    if axes is None:
+        ctx.invalid("axes are missing", ModelError)
     rank = len(shape) + len(axes)
-    for a in sorted(normalize_axis("Unsqueeze", int(a), rank) for a in axes):
+    axes = [ctx.axis(int(a), rank) for a in axes]
+    if len(set(axes)) != len(axes):
+        ctx.invalid(f"axes {axes} repeat an axis")
+    for a in sorted(axes):
         shape.insert(a, 1)
     c = ctx.const(0)
     if c is not None and c.size <= 1024:
@@ -583,7 +690,7 @@ def _squeeze(ctx):
     axes = _axes_arg(ctx, 13)
     if axes is None:
         axes = [k for k, d in enumerate(shape) if d == 1]
-    axes = {normalize_axis("Squeeze", int(a), len(shape)) for a in axes}
+    axes = {ctx.axis(int(a), len(shape)) for a in axes}
     for a in axes:
         if shape[a] != 1:
             raise ShapeError(f"Squeeze: axis {a} has size {shape[a]}, not 1")
@@ -596,8 +703,16 @@ def _squeeze(ctx):
 
 @handles("Concat")
 def _concat(ctx):
-    axis = int(ctx.attr("axis"))
+    axis = int(ctx.attr("axis", 1))  # (required since opset 4; 1 before)
     ins = [i for i in range(ctx.num_inputs) if ctx.has(i)]
+    if not ins:
+        ctx.invalid("it has no inputs", ModelError)
+    shapes = [ctx.shape(i) for i in ins]
+    axis = ctx.axis(axis, len(shapes[0]))
+    for i, sh in zip(ins[1:], shapes[1:]):
+        if len(sh) != len(shapes[0]) or any(a != b for k, (a, b) in enumerate(zip(sh, shapes[0])) if k != axis):
+            ctx.invalid(f"input {i} has shape {tuple(sh)} (rank {len(sh)}), which does not match input 0 "
+                        f"{tuple(shapes[0])} (rank {len(shapes[0])}) outside axis {axis}")
     if all(ctx.const(i) is not None for i in ins):
         parts = [ctx.const(i) for i in ins]
         if any(p.dtype == object for p in parts) or sum(p.size for p in parts) <= 1024:
@@ -605,7 +720,7 @@ def _concat(ctx):
                 parts = [p.astype(object) for p in parts]
             return [np.concatenate(parts, axis=axis)]
     vals = [ctx.value(i) for i in ins]
-    nonempty = [v for v in vals if v.shape[normalize_axis("concat", axis, v.type.rank)] != 0] or vals[:1]
+    nonempty = [v for v in vals if v.shape[axis] != 0] or vals[:1]
     return [ctx.op("concat", *nonempty, axis=axis)]
 
 
@@ -643,9 +758,13 @@ def _slice(ctx):
         starts, ends = ctx.ints(1, "starts"), ctx.ints(2, "ends")
         axes = ctx.ints(3, "axes") if ctx.has(3) else list(range(len(starts)))
         steps = ctx.ints(4, "steps") if ctx.has(4) else [1] * len(starts)
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        ctx.invalid(f"starts {starts}, ends {ends}, axes {axes} and steps {steps} must have the same length")
+    axes = [ctx.axis(int(a), rank) for a in axes]
+    if len(set(axes)) != len(axes):
+        ctx.invalid(f"axes {axes} repeat an axis")
     begin, end, step = [0] * rank, list(shape), [1] * rank
     for a, s, e, st in zip(axes, starts, ends, steps):
-        a = normalize_axis("Slice", int(a), rank)
         if st == 0:
             raise ShapeError("Slice: step must not be zero")
         begin[a], end[a], step[a] = _normalized_slice(shape[a], s, e, int(st))
@@ -658,7 +777,7 @@ def _slice(ctx):
 @handles("Split")
 def _split(ctx):
     shape = ctx.shape(0)
-    axis = normalize_axis("Split", int(ctx.attr("axis", 0)), len(shape))
+    axis = ctx.axis(int(ctx.attr("axis", 0)), len(shape))
     n_out = len(ctx.node.output)
     sizes = ctx.attr("split") if ctx.opset < 13 else (ctx.ints(1, "split") if ctx.has(1) else None)
     dim = shape[axis]
@@ -666,8 +785,20 @@ def _split(ctx):
         if not isinstance(dim, int):
             ctx.unsupported("splitting a symbolic axis needs explicit split sizes")
         n = ctx.attr("num_outputs", n_out)
+        if n < 1 or n != n_out:
+            ctx.invalid(f"num_outputs={n} must be >= 1 and match the node's {n_out} outputs")
         chunk = -(-dim // n)
-        sizes = [min(chunk, dim - k * chunk) for k in range(n)]
+        sizes = [max(min(chunk, dim - k * chunk), 0) for k in range(n)]
+    sizes = list(sizes)
+    if len(sizes) != n_out:
+        ctx.invalid(f"split sizes {sizes} give {len(sizes)} parts, but the node has {n_out} outputs")
+    if any(not isinstance(d, Sym) and d < 0 for d in sizes):
+        ctx.invalid(f"split sizes {sizes} must not be negative")
+    total = 0
+    for d in sizes:
+        total = D.add(total, d)
+    if D.norm(total) != D.norm(dim):
+        ctx.invalid(f"split sizes {sizes} do not add up to the size {dim} of axis {axis}")
     x = ctx.value(0)
     outs, offset = [], 0
     for size in sizes:
@@ -685,6 +816,9 @@ def _expand(ctx):
     rank = max(len(shape), len(target))
     a = (1,) * (rank - len(shape)) + tuple(shape)
     b = (1,) * (rank - len(target)) + tuple(target)
+    if any(isinstance(y, int) and y < 0 for y in b):
+        ctx.invalid(f"the shape {tuple(target)} has a negative size")
+    broadcast_shapes("Expand", a, b)  # (the shapes must broadcast)
     out = tuple(y if x == 1 else x for x, y in zip(a, b))
     x = ctx.value(0)
     if len(shape) < rank:
@@ -699,10 +833,18 @@ def _tile(ctx):
 
 @handles("Gather")
 def _gather(ctx):
-    axis = int(ctx.attr("axis", 0))
+    rank = len(ctx.shape(0))
+    if rank == 0:
+        ctx.invalid("the data must have rank >= 1, got a scalar")
+    axis = ctx.axis(int(ctx.attr("axis", 0)), rank)
     data, idx = ctx.const(0), ctx.const(1)
     if data is not None and idx is not None and (data.dtype == object or data.size <= 1024):
+        if idx.dtype.kind not in "iu":
+            ctx.invalid(f"indices must be integers, got {idx.dtype}", error=DTypeError)
         n = data.shape[axis]
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            ctx.invalid(f"index {idx.max() if idx.max() >= n else idx.min()} is out of range for axis {axis} "
+                        f"of size {n}")
         return [np.take(data, np.where(idx < 0, idx + n, idx), axis=axis)]
     return [ctx.op("gather", ctx.value(0), ctx.value(1), axis=axis)]
 
@@ -724,10 +866,16 @@ def _pad(ctx):
         value = ctx.floats(2, "constant_value") if ctx.has(2) else []
         value = value[0] if value else 0.0
         axes = ctx.ints(3, "axes") if ctx.has(3) else None
+    want = 2 * (rank if axes is None else len(axes))
+    if len(pads) != want:
+        ctx.invalid(f"pads {list(pads)} must have {want} entries (begin and end for each of "
+                    f"{'the ' + str(rank) + ' axes' if axes is None else 'the axes ' + str(list(axes))})")
+    if any(not isinstance(p, int) for p in pads):
+        ctx.unsupported("symbolic pads are not supported")
     if axes is not None:
         full = [0] * (2 * rank)
         for k, a in enumerate(axes):
-            a = normalize_axis("Pad", int(a), rank)
+            a = ctx.axis(int(a), rank)
             full[a], full[rank + a] = pads[k], pads[len(axes) + k]
         pads = full
     if any(p < 0 for p in pads):  # negative pads crop
@@ -754,15 +902,29 @@ def _resize(ctx):
             scales = ctx.floats(2, "scales")
     axes = ctx.attr("axes")
     if axes is not None:
-        axes = [normalize_axis("Resize", int(a), len(shape)) for a in axes]
+        axes = [ctx.axis(int(a), len(shape)) for a in axes]
     else:
         axes = list(range(len(shape)))
+    if len(set(axes)) != len(axes):
+        ctx.invalid(f"axes {axes} repeat an axis")
+    for what, vals in (("sizes", sizes), ("scales", scales or None)):
+        if vals is not None and len(vals) != len(axes):
+            ctx.invalid(f"{what} {list(vals)} must have {len(axes)} entries (one per resized axis)")
+    if sizes is not None and any(not isinstance(d, int) or d < 0 for d in sizes):
+        ctx.invalid(f"sizes {sizes} must be non-negative integers")
+    if scales and any(not np.isfinite(v) or v <= 0 for v in scales):
+        ctx.invalid(f"scales {scales} must be positive")
     if ctx.attr("antialias", 0):
         ctx.unsupported("antialias=1 is not supported")
     policy = ctx.attr("keep_aspect_ratio_policy", "stretch")
     if policy not in ("stretch", "not_larger", "not_smaller"):
         ctx.unsupported(f"keep_aspect_ratio_policy {policy!r} is not supported")
+    for a in axes:
+        if not isinstance(shape[a], int):
+            ctx.unsupported("resizing a symbolic axis is not supported")
     if sizes is not None and policy != "stretch":  # one scale for every resized axis
+        if any(shape[a] == 0 for a in axes):
+            ctx.invalid(f"cannot keep the aspect ratio of an empty input {tuple(shape)}")
         ratios = [sizes[k] / shape[a] for k, a in enumerate(axes)]
         scale = min(ratios) if policy == "not_larger" else max(ratios)
         sizes, scales = None, [scale] * len(axes)
@@ -772,8 +934,6 @@ def _resize(ctx):
     out = list(shape)
     full_scales = [1.0] * len(shape)
     for k, a in enumerate(axes):
-        if not isinstance(shape[a], int):
-            ctx.unsupported("resizing a symbolic axis is not supported")
         if sizes is not None:
             out[a] = int(sizes[k])
         elif scales:
@@ -806,21 +966,21 @@ def _einsum(ctx):
 
 @handles("TopK")
 def _topk(ctx):
-    k = ctx.ints(1, "K")[0] if ctx.opset >= 10 else int(ctx.attr("k"))
+    k = ctx.scalar_int(1, "K") if ctx.opset >= 10 else int(ctx.attr("k"))
     return ctx.node_op("topk", [ctx.value(0)], k=int(k), axis=int(ctx.attr("axis", -1)),
                        largest=bool(ctx.attr("largest", 1)), sorted=bool(ctx.attr("sorted", 1)))
 
 
 @handles("CumSum")
 def _cumsum(ctx):
-    axis = ctx.ints(1, "axis")[0]
+    axis = ctx.scalar_int(1, "axis")
     return [ctx.op("cumsum", ctx.value(0), axis=int(axis), exclusive=bool(ctx.attr("exclusive", 0)),
                    reverse=bool(ctx.attr("reverse", 0)))]
 
 
 @handles("Trilu")
 def _trilu(ctx):
-    k = ctx.ints(1, "k")[0] if ctx.has(1) else 0
+    k = ctx.scalar_int(1, "k") if ctx.has(1) else 0
     return [ctx.op("trilu", ctx.value(0), upper=bool(ctx.attr("upper", 1)), k=int(k))]
 
 
