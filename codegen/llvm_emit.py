@@ -236,21 +236,36 @@ class FunctionEmitter:
         return self.b.select(fix, self.b.add(r, b), r)
 
     def _int_pow(self, a, b, dt):
-        """Exponentiation by squaring over every exponent bit (branch-free, so it vectorizes)."""
-        one = ir.Constant(a.type, 1) if not isinstance(a.type, ir.VectorType) else \
-            ir.Constant(a.type, [1] * a.type.count)
-        zero = ir.Constant(a.type, 0) if not isinstance(a.type, ir.VectorType) else \
-            ir.Constant(a.type, [0] * a.type.count)
-        result, base, exp = one, a, b
-        for _ in range(dt.bits - (1 if dt.is_signed else 0)):
-            bit = self.b.icmp_unsigned("!=", self.b.and_(exp, one), zero)
-            result = self.b.select(bit, self.b.mul(result, base), result)
-            base = self.b.mul(base, base)
-            exp = self.b.lshr(exp, one)
+        """Exponentiation by squaring, as a loop that runs while any lane's exponent has bits
+        left (a fully unrolled 63-step chain made LLVM's optimiser crawl on some kernels)."""
+        vec = isinstance(a.type, ir.VectorType)
+        one = ir.Constant(a.type, [1] * a.type.count if vec else 1)
+        zero = ir.Constant(a.type, [0] * a.type.count if vec else 0)
+        b_ = self.b
+        exp0 = b_.select(b_.icmp_signed("<", b, zero), zero, b) if dt.is_signed else b
+        pre = b_.block
+        head, body, done = (b_.append_basic_block(f"ipow.{n}") for n in ("head", "body", "done"))
+        b_.branch(head)
+        b_.position_at_end(head)
+        result, base, exp = b_.phi(a.type), b_.phi(a.type), b_.phi(a.type)
+        for phi, init in ((result, one), (base, a), (exp, exp0)):
+            phi.add_incoming(init, pre)
+        left = b_.icmp_unsigned("!=", exp, zero)
+        if vec:
+            left = self.intrinsic("llvm.vector.reduce.or", [left], ir.IntType(1))
+        b_.cbranch(left, body, done)
+        b_.position_at_end(body)
+        bit = b_.icmp_unsigned("!=", b_.and_(exp, one), zero)
+        result.add_incoming(b_.select(bit, b_.mul(result, base), result), body)
+        base.add_incoming(b_.mul(base, base), body)
+        exp.add_incoming(b_.lshr(exp, one), body)
+        b_.branch(head)
+        b_.position_at_end(done)
+        out = result
         if dt.is_signed:  # numpy raises for negative exponents; we define the result as 0 (1 for base 1)
-            neg = self.b.icmp_signed("<", b, zero)
-            result = self.b.select(neg, self.b.select(self.b.icmp_signed("==", a, one), one, zero), result)
-        return result
+            neg = b_.icmp_signed("<", b, zero)
+            out = b_.select(neg, b_.select(b_.icmp_signed("==", a, one), one, zero), out)
+        return out
 
     def e_Compare(self, e: L.Compare):
         (a, b), _ = self.unify(self.expr(e.a), self.expr(e.b))
