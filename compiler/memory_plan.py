@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ubique.runtime.memory import lifetimes
+
 ALIGN = 64
 
 
@@ -26,14 +28,7 @@ def _round(n: int) -> int:
 def plan_memory(steps: list[tuple[list[int], int]], sizes: dict[int, int], external: set[int]) -> MemoryPlan:
     """`steps`: per kernel, (ids read, id written) in execution order; `sizes`: bytes per id;
     `external`: ids that live outside the workspace (graph inputs, outputs, weights)."""
-    first, last = {}, {}
-    for k, (reads, write) in enumerate(steps):
-        if write not in external:
-            first.setdefault(write, k)
-            last.setdefault(write, k)
-        for r in reads:
-            if r not in external:
-                last[r] = max(last.get(r, k), k)
+    first, last = lifetimes(steps, external)
     order = sorted(first, key=lambda v: (-sizes[v], first[v]))
     placed: list[tuple[int, int, int, int]] = []  # (offset, end, first, last)
     offsets = {}

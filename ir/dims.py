@@ -257,35 +257,16 @@ def evaluate(d, env: dict) -> int:
     if isinstance(d, int):
         return d
     try:
-        return _eval(_ast(d), env)
+        return _fold(_ast(d), lambda name: int(env[name]), int)
     except KeyError as e:
         raise ShapeError(f"dimension {d!r} needs a value for {e.args[0]!r}") from None
-
-
-def _eval(node, env) -> int:
-    if isinstance(node, ast.Name):
-        v = env[node.id]
-        return v if isinstance(v, Sym) else int(v)
-    if isinstance(node, ast.Constant):
-        return node.value
-    if isinstance(node, ast.UnaryOp):
-        return -_eval(node.operand, env)
-    a, b = _eval(node.left, env), _eval(node.right, env)
-    if isinstance(node.op, ast.Add):
-        return a + b
-    if isinstance(node.op, ast.Sub):
-        return a - b
-    if isinstance(node.op, ast.Mult):
-        return a * b
-    return a // b
 
 
 def substitute(d, env: dict) -> Dim:
     """`d` with the symbols named in `env` replaced by their values (others kept)."""
     if isinstance(d, int):
         return d
-    values = {s: Sym.of(env.get(s, s)) for s in symbols(d)}
-    return Sym.of(_eval(_ast(d), values)).dim()
+    return Sym.of(_fold(_ast(d), lambda name: Sym.of(env.get(name, name)), Sym.of)).dim()
 
 
 def to_expr(d):
@@ -294,17 +275,19 @@ def to_expr(d):
 
     if isinstance(d, int):
         return L.Const(int(d), L.I64)
-    return _expr(_ast(d), L)
+    return _fold(_ast(d), L.Var, lambda c: L.Const(c, L.I64))
 
 
-def _expr(node, L):
+def _fold(node, name, const):
+    """Evaluates a parsed dimension with `name(symbol)` and `const(int)` as leaves; the
+    operators are Python's, so the leaves may be ints, Syms or loop-IR expressions."""
     if isinstance(node, ast.Name):
-        return L.Var(node.id)
+        return name(node.id)
     if isinstance(node, ast.Constant):
-        return L.Const(node.value, L.I64)
+        return const(node.value)
     if isinstance(node, ast.UnaryOp):
-        return L.Const(0, L.I64) - _expr(node.operand, L)
-    a, b = _expr(node.left, L), _expr(node.right, L)
+        return const(0) - _fold(node.operand, name, const)
+    a, b = _fold(node.left, name, const), _fold(node.right, name, const)
     if isinstance(node.op, ast.Add):
         return a + b
     if isinstance(node.op, ast.Sub):

@@ -15,6 +15,20 @@ import numpy as np
 from ubique.ir.dims import evaluate
 
 
+def lifetimes(steps, external) -> tuple[dict[int, int], dict[int, int]]:
+    """(first step, last step) of every buffer outside `external`: written at its first
+    step, live until the last step that reads it."""
+    first, last = {}, {}
+    for k, (reads, write) in enumerate(steps):
+        if write not in external:
+            first.setdefault(write, k)
+            last.setdefault(write, k)
+        for r in reads:
+            if r not in external:
+                last[r] = max(last.get(r, k), k)
+    return first, last
+
+
 @dataclass
 class DynamicMemory:
     steps: list[tuple[list[int], int]]   # per kernel: (value ids read, value id written)
@@ -26,14 +40,7 @@ class DynamicMemory:
     def lifetimes(self) -> tuple[np.ndarray, np.ndarray]:
         """(first step, last step) per slot."""
         if self._lifetimes is None:
-            first, last = {}, {}
-            for k, (reads, write) in enumerate(self.steps):
-                if write not in self.external:
-                    first.setdefault(write, k)
-                    last.setdefault(write, k)
-                for r in reads:
-                    if r not in self.external:
-                        last[r] = max(last.get(r, k), k)
+            first, last = lifetimes(self.steps, self.external)
             self._lifetimes = (np.array([first[v] for v in self.slots], np.int32),
                                np.array([last[v] for v in self.slots], np.int32))
         return self._lifetimes
