@@ -16,7 +16,7 @@ from ubique.errors import VerifyError
 from ubique.ir import loop as L
 from ubique.ir.dtypes import DType
 from ubique.ir.graph import Value
-from ubique.ir.loop_analysis import reduction_identity
+from ubique.ir.loop_analysis import int_bounds, reduction_identity
 from ubique.ir.registry import ComputeContext, dim_expr, get_op
 
 
@@ -26,6 +26,7 @@ class LoweredKernel:
     inputs: list[Value]   # graph values bound to kernel.params[:-1], in order
     output: Value         # bound to kernel.params[-1]
     work: int             # estimated scalar operations (for scheduling and reports)
+    seconds: float = 0.0  # time spent lowering, scheduling and emitting it (LLVM's share is per module)
 
 
 class _Names:
@@ -64,7 +65,8 @@ def lower_group(group: Group, name: str) -> LoweredKernel:
             value = L.Const(v.node.attrs["value"].reshape(-1)[0].item(), v.dtype)
         elif v.node is not None and id(v.node) in members:
             if mask is not None:  # an inlined producer must only see in-range indices
-                index = [L.emin(L.emax(i, 0), dim_expr(d) - 1) for i, d in zip(index, v.shape)]
+                index = [i if _in_range(i, d) else L.emin(L.emax(i, 0), dim_expr(d) - 1)
+                         for i, d in zip(index, v.shape)]
             value = compute(v.node, index)
         else:
             return L.Load(buffer_for(v), index, mask, other)
@@ -78,6 +80,16 @@ def lower_group(group: Group, name: str) -> LoweredKernel:
 
     out_v = group.root.output
     out_vars = [L.Var(f"i{k}") for k in range(out_v.type.rank)]
+    out_extent = {v.name: d for v, d in zip(out_vars, out_v.shape)}
+    ranges = {v.name: (0, d - 1) for v, d in zip(out_vars, out_v.shape) if isinstance(d, int) and d > 0}
+
+    def _in_range(i: L.Expr, d) -> bool:
+        """Whether index `i` of an axis of size `d` is in range wherever the kernel evaluates it."""
+        if isinstance(i, L.Var) and out_extent.get(i.name) == d:
+            return True  # (also for symbolic sizes)
+        b = int_bounds(i, ranges)
+        return b is not None and isinstance(d, int) and 0 <= b[0] and b[1] < d
+
     value = compute(group.root, out_vars)
     symbols.update(d for d in out_v.shape if isinstance(d, str))
     out_buf = L.Buffer("out", out_v.dtype, [dim_expr(d) for d in out_v.shape])

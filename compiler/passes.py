@@ -64,7 +64,7 @@ def common_subexpression_elimination(g: Graph) -> Graph:
     return rewrite(g, fn)
 
 
-def _constant_valued(g: Graph) -> set[int]:
+def constant_valued(g: Graph) -> set[int]:
     """Ids of values computed from constants only (static shapes)."""
     out: set[int] = set()
     for n in g.nodes:
@@ -87,7 +87,7 @@ def fold_scale_into_conv(g: Graph) -> Graph:
     """conv2d(x, W) * s  ->  conv2d(x, W * s)  for a per-output-channel constant s (batch
     normalisation after a convolution), also through a per-channel bias: (conv + b) * s ->
     conv(x, W * s) + b * s. Constant folding then computes the new weights once."""
-    const = _constant_valued(g)
+    const = constant_valued(g)
     users = g.users()
     outputs = {v.id for v in g.outputs}
 
@@ -131,10 +131,64 @@ def fold_scale_into_conv(g: Graph) -> Graph:
     return rewrite(g, fn)
 
 
+def _slice_np(a, attrs, out_shape):
+    for axis, (b, step, n) in enumerate(zip(attrs["begin"], attrs["step"], out_shape)):
+        a = np.take(a, b + step * np.arange(n), axis=axis)
+    return a
+
+
+# Ops whose result numpy computes exactly as compiled code does (data movement, and one
+# IEEE operation per element for float tensors of one dtype): weight packing and batch-norm
+# folding are evaluated here, without a compilation.
+_NUMPY_FOLD = {
+    "identity": lambda ins, attrs, shape: ins[0],
+    "reshape": lambda ins, attrs, shape: ins[0].reshape(shape),
+    "transpose": lambda ins, attrs, shape: np.transpose(ins[0], attrs["perm"]),
+    "slice": lambda ins, attrs, shape: _slice_np(ins[0], attrs, shape),
+    "pad": lambda ins, attrs, shape: np.pad(ins[0], list(zip(attrs["pads"][:ins[0].ndim], attrs["pads"][ins[0].ndim:])),
+                                            constant_values=attrs["value"]),
+    "mul": lambda ins, attrs, shape: np.multiply(*ins),
+    "add": lambda ins, attrs, shape: np.add(*ins),
+    "sub": lambda ins, attrs, shape: np.subtract(*ins),
+}
+
+
+def _numpy_foldable(n: Node) -> bool:
+    if n.op not in _NUMPY_FOLD or not n.output.type.is_static:
+        return False
+    if n.op == "pad":
+        return n.attrs["mode"] == "constant"
+    if n.op in ("mul", "add", "sub"):
+        return n.output.dtype.is_float and all(v.dtype is n.output.dtype for v in n.inputs)
+    return True
+
+
+def fold_with_numpy(g: Graph) -> Graph:
+    """Folds the data-movement and single-arithmetic-op nodes whose inputs are constants."""
+    values: dict[int, np.ndarray] = {}
+    for n in g.nodes:
+        if n.op == "constant":
+            values[n.output.id] = n.attrs["value"]
+        elif _numpy_foldable(n) and all(v.id in values for v in n.inputs):
+            out = _NUMPY_FOLD[n.op]([values[v.id] for v in n.inputs], n.attrs, n.output.shape)
+            values[n.output.id] = np.ascontiguousarray(out, dtype=n.output.dtype.to_numpy())
+    if all(n.op == "constant" or n.output.id not in values for n in g.nodes):
+        return g
+    return rewrite(g, lambda ng, n, ins: [ng.constant(values[n.output.id], n.output.dtype)]
+                   if n.op != "constant" and len(n.outputs) == 1 and n.output.id in values else None)
+
+
 def fold_constants(g: Graph, evaluate: Callable[[Graph], list[np.ndarray]]) -> Graph:
-    """Replaces nodes computed from constants only by constants. All of them are evaluated
-    together by `evaluate`, which compiles and runs one graph (so an op has one meaning, the
-    compiled one, and a model with many foldable nodes costs one compilation)."""
+    """Replaces nodes computed from constants only by constants. What numpy computes
+    exactly (fold_with_numpy) is folded first; the rest is evaluated together by
+    `evaluate`, which compiles and runs one graph (so an op has one meaning, the compiled
+    one, and a model with many foldable nodes costs one compilation)."""
+    g = fold_with_numpy(g)
+    g = _fold_compiled(g, evaluate)
+    return fold_with_numpy(g)
+
+
+def _fold_compiled(g: Graph, evaluate: Callable[[Graph], list[np.ndarray]]) -> Graph:
     is_const: set[int] = set()     # value ids known at compile time
     folded: list[Node] = []
     for n in g.nodes:
@@ -146,7 +200,7 @@ def fold_constants(g: Graph, evaluate: Callable[[Graph], list[np.ndarray]]) -> G
         if not all(o.type.is_static for o in n.outputs):
             continue  # a symbolic size (a weight sliced to the sequence length): computed per call
         biggest = max(v.type.size for v in n.inputs)
-        if any(o.type.size > max(FOLD_MAX_ELEMENTS, biggest) for o in n.outputs):
+        if any(o.type.size > max(FOLD_MAX_ELEMENTS, 2 * biggest) for o in n.outputs):  # (2: padded weights)
             continue
         folded.append(n)
         is_const.update(v.id for v in n.outputs)

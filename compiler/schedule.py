@@ -2,6 +2,8 @@
 and the default CPU schedule that lowering applies."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ubique.errors import VerifyError
 from ubique.ir import loop as L
 
@@ -95,12 +97,37 @@ def _static(e: L.Expr, default: int = 1 << 20) -> int:
     return e.value if isinstance(e, L.Const) else default
 
 
-# Register tile of contraction kernels: ROWS output rows x (4 x vector width) columns,
-# i.e. 16 vector accumulators, within the 32 registers of AVX-512 (and 16 of AVX2 with 8 rows fewer).
+# Register tile of contraction kernels: at least ROWS output rows x (up to 4 x vector width)
+# columns; with narrower columns (a channel-blocked convolution: one vector per row) more rows,
+# up to the target's accumulator budget.
 ROWS = 4
 
 
-def default_schedule(kernel: L.Kernel, rank: int, work: int, lanes: int, threads: int) -> L.Kernel:
+def tile_rows(extent: int, vectors_per_row: int, accumulators: int) -> int:
+    """Rows of a register tile: as many as the accumulator budget allows, preferring a
+    count that divides the row extent (no tail), never fewer than ROWS."""
+    budget = max(ROWS, accumulators // vectors_per_row)
+    if extent <= budget:
+        return extent
+    for rows in range(budget, max(ROWS, budget // 2) - 1, -1):
+        if extent % rows == 0:
+            return rows
+    return budget
+
+
+@dataclass(frozen=True)
+class TileKnobs:
+    """Tunable register-tile parameters of a contraction kernel (compiler/tuning.py searches
+    them); None keeps the default choice."""
+    rows: int | None = None      # output rows unrolled and jammed
+    vectors: int | None = None   # tile width in vectors: 1, 2 or 4
+
+    def to_json(self) -> dict:
+        return {"rows": self.rows, "vectors": self.vectors}
+
+
+def default_schedule(kernel: L.Kernel, rank: int, work: int, lanes: int, threads: int,
+                     accumulators: int = 16, knobs: TileKnobs | None = None) -> L.Kernel:
     """Vectorize the innermost output loop; run the outer output loops (fused) in parallel
     when there is enough work; a 1-D (or short-outer) kernel is split into parallel chunks.
     Kernels with a reduction inside (matmul, conv, pooling) get a register tile: several
@@ -122,7 +149,8 @@ def default_schedule(kernel: L.Kernel, rank: int, work: int, lanes: int, threads
     if cols > 1 and reduces and rank >= 2 and _static(find_loop(body, names[-2]).extent) >= ROWS \
             and cols >= lanes:
         return L.Kernel(kernel.name, kernel.params, kernel.dims,
-                        _register_tile(body, names, cols, lanes, threads, parallel_ok))
+                        simplify_indices(_register_tile(body, names, cols, lanes, threads, parallel_ok,
+                                                        accumulators, knobs or TileKnobs())))
     if cols > 1:
         # with a reduction loop inside, a 4x wider vector gives 4 independent accumulator
         # chains, hiding FMA latency (LLVM splits the wide vector into registers)
@@ -140,7 +168,7 @@ def default_schedule(kernel: L.Kernel, rank: int, work: int, lanes: int, threads
             chunk = max(lanes, -(-chunk // lanes) * lanes)
             body = split(body, names[-1], chunk)
             body = parallel(body, names[-1] + "_o")
-    return L.Kernel(kernel.name, kernel.params, kernel.dims, body)
+    return L.Kernel(kernel.name, kernel.params, kernel.dims, simplify_indices(body))
 
 
 def _vectorize_contiguous_reductions(body: L.Stmt, lanes: int) -> L.Stmt:
@@ -176,17 +204,20 @@ def _parallel_fused(body: L.Stmt, names: list[str]) -> L.Stmt:
     return parallel(body, fused)
 
 
-def _register_tile(body, names, cols, lanes, threads, parallel_ok):
+def _register_tile(body, names, cols, lanes, threads, parallel_ok, accumulators, knobs: TileKnobs):
     """Column panels of one wide vector outermost (the panel of the right-hand operand,
     reduction length x panel width, stays in L2 while every row block uses it), then
-    blocks of ROWS rows unrolled and jammed around the panel's accumulators."""
+    blocks of rows unrolled and jammed around the panel's accumulators."""
     row, col = names[-2], names[-1]
-    width = 4 * lanes if cols >= 4 * lanes else lanes
+    vectors = knobs.vectors or (4 if cols >= 4 * lanes else 1)
+    width = vectors * lanes if vectors * lanes <= cols else lanes
     body = split(body, col, width)
     col_o, col_i = col + "_o", col + "_i"
     body = reorder(body, row, col_o)
     body = vectorize(body, col_i, width if width > lanes else 0)
-    body = peel(body, row, ROWS)
+    extent = _static(find_loop(body, row).extent)
+    rows = knobs.rows or (tile_rows(extent, width // lanes, accumulators) if width == lanes else ROWS)
+    body = peel(body, row, max(1, min(rows, extent)))
     body = reorder(body, row + "_i", col_i)
     body = unroll_jam(body, row + "_i")
     if parallel_ok:
@@ -277,3 +308,49 @@ def unroll_jam(s: L.Stmt, name: str) -> L.Stmt:
                   for j in range(f.extent.value)]
         return _jam(copies)
     return _replace_loop(s, name, fn)
+
+
+class _SimplifyIndices(L.Mutator):
+    """(x*c + y) // c -> x and (x*c + y) % c -> y where 0 <= y < c is known from loop
+    bounds: a split loop over a packed or reshaped axis then indexes memory affinely
+    (contiguous vector loads instead of gathers)."""
+
+    def __init__(self):
+        self.ranges: dict[str, tuple[int, int]] = {}
+
+    def visit_For(self, n: L.For):
+        from ubique.ir.loop_analysis import int_bounds
+
+        hi = int_bounds(n.extent, self.ranges)
+        if hi is not None and hi[1] >= 1:
+            self.ranges[n.var.name] = (0, hi[1] - 1)
+        body = self.visit(n.body)
+        self.ranges.pop(n.var.name, None)
+        return L.For(n.var, n.extent, body, n.kind, n.lanes)
+
+    def visit_Binary(self, n: L.Binary):
+        from ubique.ir.loop_analysis import int_bounds
+
+        a, b = self.visit(n.a), self.visit(n.b)
+        if n.op in ("floordiv", "mod") and isinstance(b, L.Const) and isinstance(b.value, int) and b.value > 0 \
+                and isinstance(a, L.Binary) and a.op == "add":
+            c = b.value
+            for high, low in ((a.a, a.b), (a.b, a.a)):
+                quotient = _multiple_of(high, c)
+                bounds = int_bounds(low, self.ranges)
+                if quotient is not None and bounds is not None and 0 <= bounds[0] and bounds[1] < c:
+                    return quotient if n.op == "floordiv" else low
+        return L.binary(n.op, a, b)
+
+
+def _multiple_of(e: L.Expr, c: int):
+    """q with e == q * c, for e = q * c or c * q; else None."""
+    if isinstance(e, L.Binary) and e.op == "mul":
+        for q, k in ((e.a, e.b), (e.b, e.a)):
+            if isinstance(k, L.Const) and k.value == c:
+                return q
+    return None
+
+
+def simplify_indices(body: L.Stmt) -> L.Stmt:
+    return _SimplifyIndices().visit(body)

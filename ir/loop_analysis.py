@@ -75,3 +75,34 @@ def widest_element_bits(n: L.Node) -> int:
     """Bits of the widest element loaded or stored under `n` (at least 32: narrower
     types compute in 32-bit registers). Vector widths are register bits over this."""
     return max([32] + [x.buffer.dtype.bits for x in L.walk(n) if isinstance(x, (L.Load, L.Store))])
+
+
+def int_bounds(e: L.Expr, ranges: dict[str, tuple[int, int]]):
+    """Inclusive (lo, hi) of an int64 index expression, given inclusive ranges of some
+    variables; None where unknown (other variables, symbolic sizes, division by non-constants)."""
+    if isinstance(e, L.Const):
+        return (e.value, e.value) if isinstance(e.value, int) else None
+    if isinstance(e, L.Var):
+        return ranges.get(e.name)
+    if not isinstance(e, L.Binary):
+        return None
+    a = int_bounds(e.a, ranges)
+    c = e.b.value if isinstance(e.b, L.Const) and isinstance(e.b.value, int) else None
+    if e.op in ("mod", "floordiv") and c is not None and c > 0:
+        if e.op == "mod":
+            return (a[0], a[1]) if a is not None and a[0] >= 0 and a[1] < c else (0, c - 1)
+        return None if a is None else (a[0] // c, a[1] // c)
+    b = int_bounds(e.b, ranges)
+    if a is None or b is None:
+        return None
+    if e.op == "add":
+        return a[0] + b[0], a[1] + b[1]
+    if e.op == "sub":
+        return a[0] - b[1], a[1] - b[0]
+    if e.op == "mul":
+        products = [x * y for x in a for y in b]
+        return min(products), max(products)
+    if e.op in ("min", "max"):
+        f = min if e.op == "min" else max
+        return f(a[0], b[0]), f(a[1], b[1])
+    return None

@@ -96,27 +96,30 @@ def _pool_infer(op):
     def infer(ts, attrs):
         x = ts[0]
         _check_window(op, attrs)
-        if x.rank != 4:
-            raise ShapeError(f"{op}: expects an NCHW input (rank 4), got rank {x.rank}")
+        rank = 5 if attrs["layout"] == "NCHWc" else 4
+        if attrs["layout"] not in ("NCHW", "NCHWc"):
+            raise ShapeError(f"{op}: layout must be NCHW or NCHWc, got {attrs['layout']!r}")
+        if x.rank != rank:
+            raise ShapeError(f"{op}: expects an {attrs['layout']} input (rank {rank}), got rank {x.rank}")
         if len(attrs["kernel"]) != 2 or min(attrs["kernel"]) < 1:
             raise ShapeError(f"{op}: kernel must be two positive ints, got {attrs['kernel']}")
-        if not all(D.is_static(d) for d in x.shape[2:]):
-            raise UnsupportedOpError(f"{op}: the spatial sizes {tuple(x.shape[2:])} must be static")
+        if not all(D.is_static(d) for d in x.shape[2:4]):
+            raise UnsupportedOpError(f"{op}: the spatial sizes {tuple(x.shape[2:4])} must be static")
         (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = (attrs["kernel"], attrs["stride"], attrs["dilation"],
                                                           attrs["padding"])
         oh = _window_out(op, x.shape[2], kh, sh, pt, pb, dh, attrs["ceil_mode"])
         ow = _window_out(op, x.shape[3], kw, sw, pl, pr, dw, attrs["ceil_mode"])
-        return [TensorType(tuple(x.shape[:2]) + (oh, ow), x.dtype)]
+        return [TensorType(tuple(x.shape[:2]) + (oh, ow) + tuple(x.shape[4:]), x.dtype)]
     return infer
 
 
 def _pool_window(ctx, idx):
     x = ctx.in_types[0]
-    n, c, oh, ow = idx
+    n, c, oh, ow = idx[:4]  # (NCHWc: the lane index follows)
     kh, kw = ctx.fresh("rh"), ctx.fresh("rw")
     KH, KW = ctx.attrs["kernel"]
     h, w, inside = _window_reads(oh, ow, kh, kw, ctx.attrs, dim_expr(x.shape[2]), dim_expr(x.shape[3]))
-    return [(kh, dim_expr(KH)), (kw, dim_expr(KW))], (n, c, h, w), inside, (kh, kw, oh, ow)
+    return [(kh, dim_expr(KH)), (kw, dim_expr(KW))], (n, c, h, w) + tuple(idx[4:]), inside, (kh, kw, oh, ow)
 
 
 def _max_pool_compute(ctx, idx):
@@ -149,8 +152,9 @@ for _name, _compute, _extra in (("max_pool2d", _max_pool_compute, {}),
                                 ("avg_pool2d", _avg_pool_compute, {"count_include_pad": Attr("bool", True)})):
     register(OpDef(_name, "reduce", _pool_infer(_name),
                    attrs={"kernel": Attr("ints", required=True), **_WINDOW, "ceil_mode": Attr("bool", False),
-                          **_extra},
-                   compute=_compute, doc=f"{_name} over NCHW; stride defaults to 1"))
+                          "layout": Attr("str", "NCHW"), **_extra},
+                   compute=_compute, doc=f"{_name} over NCHW (or channel-blocked NCHWc: [N, C/c, H, W, c]); "
+                                         "stride defaults to 1"))
 
 
 register(OpDef("global_avg_pool", "composite",

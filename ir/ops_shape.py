@@ -39,11 +39,50 @@ def _reshape_infer(ts, attrs):
     return [TensorType(shape, t.dtype)]
 
 
+def axis_groups(src, dst):
+    """Splits two shapes of one element count into runs of axes with equal products, in
+    order: [((src axes), (dst axes)), ...], so that a reshape maps each run on its own
+    (NCHW -> [N, C/c, c, H, W] touches only the channel axis). None when the runs do not
+    line up (a symbolic size merged with others)."""
+    groups, i, j = [], 0, 0
+    while i < len(src) and j < len(dst):
+        a, b, pa, pb = [i], [j], src[i], dst[j]
+        i, j = i + 1, j + 1
+        while pa != pb:
+            if not (isinstance(pa, int) and isinstance(pb, int)):
+                return None
+            if pa < pb and i < len(src) and isinstance(src[i], int):
+                a.append(i)
+                pa, i = pa * src[i], i + 1
+            elif pb < pa and j < len(dst) and isinstance(dst[j], int):
+                b.append(j)
+                pb, j = pb * dst[j], j + 1
+            else:
+                return None
+        groups.append((a, b))
+    rest_a, rest_b = list(range(i, len(src))), list(range(j, len(dst)))
+    if any(src[k] != 1 for k in rest_a) or any(dst[k] != 1 for k in rest_b):
+        return None
+    if not groups:
+        return [(rest_a, rest_b)]
+    groups[-1] = (groups[-1][0] + rest_a, groups[-1][1] + rest_b)
+    return groups
+
+
 def _reshape_compute(ctx, idx):
-    src = ctx.in_types[0].shape
-    if tuple(src) == tuple(ctx.out_type.shape):
+    src, dst = ctx.in_types[0].shape, ctx.out_type.shape
+    if tuple(src) == tuple(dst):
         return ctx.input(0, idx)
-    return ctx.input(0, _delinear(_linear(idx, ctx.out_type.shape), src))
+    groups = axis_groups(src, dst)
+    if groups is None:
+        return ctx.input(0, _delinear(_linear(idx, dst), src))
+    in_idx = []
+    for a, b in groups:
+        if len(a) == 1 and len(b) == 1:
+            in_idx.append(idx[b[0]])
+        else:
+            in_idx += _delinear(_linear([idx[k] for k in b], [dst[k] for k in b]), [src[k] for k in a])
+    return ctx.input(0, in_idx)
 
 
 register(OpDef("reshape", "injective", _reshape_infer, attrs={"shape": Attr("dims", required=True)},

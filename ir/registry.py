@@ -154,7 +154,7 @@ def _load_builtin_ops():
     if not _loaded:
         _loaded = True
         from ubique.ir import (ops_elementwise, ops_reduce, ops_shape, ops_nn, ops_activation,  # noqa: F401
-                               ops_index, ops_resample, ops_rnn)  # (they register)
+                               ops_index, ops_resample, ops_rnn, ops_blocked)  # (they register)
 
 
 class ComputeContext:

@@ -81,6 +81,14 @@ class Target:
         return self.device == "cpu" and self.arch == host_arch()
 
     @property
+    def vector_registers(self) -> int:
+        """Architectural vector registers: 32 with AVX-512, on AArch64 and RISC-V; 16 on
+        other x86-64. Register tiles keep a few free for operands."""
+        if self.arch == "x86_64":
+            return 32 if self.vector_bits >= 512 else 16
+        return 32
+
+    @property
     def link_libs(self) -> tuple[str, ...]:
         """Libraries the emitted code calls into (math functions the CPU has no instruction for)."""
         return ("m", "mvec") if self.vector_math == "libmvec" else ("m",)
