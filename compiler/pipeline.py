@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ubique.compiler import passes
+from ubique.compiler import passes, tuning
 from ubique.compiler.fusion import fuse
+from ubique.compiler.layout import block_channels, pack_matmul_rhs
 from ubique.compiler.lower import LoweredKernel, lower_group
 from ubique.compiler.memory_plan import MemoryPlan, plan_memory
 from ubique.runtime.memory import DynamicMemory
@@ -56,7 +57,7 @@ class Program:
     entry: str
     llvm_ir: str
     obj: bytes
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)      # seconds per pass / stage
     contract: DimContract = field(default_factory=DimContract)
     dynamic_memory: DynamicMemory | None = None   # set when intermediate sizes are symbolic
 
@@ -79,7 +80,9 @@ class Program:
         return len(self.kernels)
 
 
-def optimize_graph(g: Graph, fold: bool = True, timings: dict | None = None) -> Graph:
+def optimize_graph(g: Graph, fold: bool = True, timings: dict | None = None, lanes: int = 0) -> Graph:
+    """The graph passes. `lanes` (the target's float32 vector width) enables the
+    target-specific layout pass; without it the result is portable."""
     timings = {} if timings is None else timings
 
     def run(name, fn, graph):
@@ -91,6 +94,9 @@ def optimize_graph(g: Graph, fold: bool = True, timings: dict | None = None) -> 
     verify_graph(g)
     g = run("decompose", passes.decompose, g)
     g = run("fold_scale_into_conv", passes.fold_scale_into_conv, g)
+    if lanes:
+        g = run("block_channels", lambda x: block_channels(x, lanes), g)
+        g = run("pack_matmul_rhs", lambda x: pack_matmul_rhs(x, 4 * lanes), g)
     if fold:
         g = run("fold_constants", lambda x: passes.fold_constants(x, _evaluate_constant_graph), g)
     g = run("cse", passes.common_subexpression_elimination, g)
@@ -108,9 +114,11 @@ def _evaluate_constant_graph(sub: Graph) -> list[np.ndarray]:
 
 
 def compile_graph(graph: Graph, target: Target, *, fold: bool = True, name: str = "ubq",
-                  threads: int = 0, dims: dict | None = None) -> Program:
+                  threads: int = 0, dims: dict | None = None, knobs: dict | None = None) -> Program:
     """Compiles `graph` for `target`. `dims` declares symbolic dimensions: an int
-    specialises one, a (lo, hi) pair bounds it (see compiler/symbolic.py)."""
+    specialises one, a (lo, hi) pair bounds it (see compiler/symbolic.py). `knobs` (kernel
+    signature, see compiler/tuning.py -> TileKnobs) overrides the schedule choices and the tuning records (the tuner's
+    candidates); by default recorded knobs are used where `ubique tune` stored some."""
     from ubique.codegen.cpu import compile_llvm_ir
     from ubique.codegen.llvm_emit import ModuleEmitter
 
@@ -118,18 +126,23 @@ def compile_graph(graph: Graph, target: Target, *, fold: bool = True, name: str 
         raise UnsupportedOpError(f"target {target.name} uses codegen {target.codegen!r}, which is not available")
     timings: dict[str, float] = {}
     contract = make_contract(graph, dims)
-    g = optimize_graph(specialize(graph, contract.specialized), fold, timings)
+    g = optimize_graph(specialize(graph, contract.specialized), fold, timings, lanes=target.vector_bits // 32)
     symbols = [L.Var(s) for s in contract.symbols]  # every kernel reads the same dims array
 
     t0 = time.perf_counter()
     threads = threads or max(2, target.num_cores or 2)
     lowered = []
     for k, group in enumerate(fuse(g)):
+        t_kernel = time.perf_counter()
         lk = lower_group(group, f"{name}_k{k}_{group.name}"[:80])
         lanes = max(1, target.vector_bits // widest_element_bits(lk.kernel.body))
         lk.kernel.dims = symbols
-        lk.kernel = default_schedule(lk.kernel, lk.output.type.rank, lk.work, lanes, threads)
+        lk.kernel = default_schedule(lk.kernel, lk.output.type.rank, lk.work, lanes, threads,
+                                     accumulators=target.vector_registers - 4,
+                                     knobs=knobs.get(tuning.kernel_signature(lk.kernel)) if knobs is not None
+                                     else tuning.lookup(target, lk.kernel))
         verify_kernel(lk.kernel)
+        lk.seconds = time.perf_counter() - t_kernel
         lowered.append(lk)
     timings["lower"] = time.perf_counter() - t0
 
@@ -159,7 +172,9 @@ def compile_graph(graph: Graph, target: Target, *, fold: bool = True, name: str 
     mod = ModuleEmitter(name, target.vector_bits, target.triple, vector_math=target.vector_math)
     entry_steps = []
     for lk in lowered:
+        t_kernel = time.perf_counter()
         fn = mod.add_kernel(lk.kernel)
+        lk.seconds += time.perf_counter() - t_kernel
         refs = [("io", io[v.id]) if v.id in io else ws_ref(v) for v in lk.inputs + [lk.output]]
         entry_steps.append((fn, refs))
     entry = f"{name}_run"
