@@ -11,6 +11,7 @@ import functools
 import hashlib
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from ubique.runtime.memory import DynamicMemory
 from ubique.compiler.pipeline import COMPILER_REVISION, Program, Signature, compile_graph
+from ubique import report
 from ubique.errors import UbiqueError, UnsupportedOpError
 from ubique.ir.dtypes import dtype_of
 from ubique.ir.graph import Graph
@@ -65,11 +67,22 @@ def compiler_fingerprint() -> str:
 
 
 def graph_key(graph: Graph, target: Target, dims: dict | None = None) -> str:
-    h = hashlib.sha256()
-    h.update(f"{compiler_fingerprint()}|{target.key}|{sorted((dims or {}).items())}|".encode())
-    # arrays enter the key as digests of their bytes: no base64 copy of large weights
-    h.update(dumps(graph, locations=False, store=_array_digest).encode())
-    return h.hexdigest()
+    return _key(graph_digest(graph), target, dims)
+
+
+def graph_digest(graph: Graph) -> str:
+    """Hash of the graph with its constants (arrays enter as digests of their bytes: no
+    base64 copy of large weights)."""
+    return hashlib.sha256(dumps(graph, locations=False, store=_array_digest).encode()).hexdigest()
+
+
+def _key(digest: str, target: Target, dims: dict | None) -> str:
+    from ubique.compiler import tuning
+
+    # tuning records change schedules: code compiled before a tune is not reused after it
+    text = (f"{compiler_fingerprint()}|{target.key}|{tuning.records_digest(target)}|"
+            f"{sorted((dims or {}).items())}|{digest}")
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _array_digest(a: np.ndarray) -> str:
@@ -80,11 +93,15 @@ def _array_digest(a: np.ndarray) -> str:
 def compile_program(graph: Graph, target=None, dims: dict | None = None) -> Program:
     """Compiles (always) and remembers the result in the memory cache."""
     target = get_target(target)
+    t0 = time.perf_counter()
     program = compile_graph(graph, target, dims=dims)
     _stats["compiled"] += 1
     key = graph_key(graph, target, dims)
+    t_link = time.perf_counter()
     executable = _store(key, program)
     _remember(key, executable)
+    report.record("compiled", graph.name, target.name, key, "compile_program always compiles (it returns the Program)",
+                  program=program, seconds=time.perf_counter() - t0, link=time.perf_counter() - t_link)
     return program
 
 
@@ -96,13 +113,16 @@ def build(graph: Graph, target=None, dims: dict | None = None) -> Executable:
         raise UnsupportedOpError(f"target {target.name!r} does not run on this machine; ub.compile(graph, "
                                  f"target={target.name!r}) runs it under its emulator, and ahead-of-time builds "
                                  "deploy it")
-    key = graph_key(graph, target, dims)
+    digest = graph_digest(graph)
+    key = _key(digest, target, dims)
     ex = _lookup(key)
-    if ex is not None:
-        return ex
-    with _key_lock(key):  # threads asking for the same graph compile it once
-        ex = _lookup(key)
-        return ex if ex is not None else _build_uncached(graph, target, key, dims)
+    if ex is None:
+        with _key_lock(key):  # threads asking for the same graph compile it once
+            ex = _lookup(key)
+            if ex is None:
+                return _build_uncached(graph, target, key, dims, digest)
+    report.record("memory_hit", graph.name, target.name, key)
+    return ex
 
 
 def _lookup(key: str) -> Executable | None:
@@ -119,22 +139,31 @@ def _key_lock(key: str) -> threading.Lock:
         return _building.setdefault(key, threading.Lock())
 
 
-def _build_uncached(graph: Graph, target: Target, key: str, dims: dict | None) -> Executable:
+def _build_uncached(graph: Graph, target: Target, key: str, dims: dict | None, digest: str) -> Executable:
     cache = DiskCache("modules")
+    why = ("not in the memory or disk cache" if not cache.entry_path(key).is_dir() else
+           "the disk cache entry did not match its sha256 (corrupt or partly written): deleted")
     entry = cache.get(key)
     ex = None
     if entry is not None:
         try:
             ex = _load_entry(entry, _graph_arrays(graph, read_meta(entry)))
             _stats["disk_hits"] += 1
-        except (OSError, ValueError, KeyError, UbiqueError):
+            report.record("disk_hit", graph.name, target.name, key)
+        except (OSError, ValueError, KeyError, UbiqueError) as e:
             # verified bytes that still do not load (built for another machine, truncated
             # before hashing...): never trusted, rebuilt below
+            why = f"disk cache entry failed to load: {type(e).__name__}: {e}"
             cache.remove(key)
+    changed = report.dims_reason(digest, target.key, dims)
     if ex is None:
+        t0 = time.perf_counter()
         program = compile_graph(graph, target, dims=dims)
         _stats["compiled"] += 1
+        t_link = time.perf_counter()
         ex = _store(key, program)
+        report.record("compiled", graph.name, target.name, key, f"{changed}; {why}" if changed else why,
+                      program=program, seconds=time.perf_counter() - t0, link=time.perf_counter() - t_link)
     _remember(key, ex)
     return ex
 

@@ -1,5 +1,5 @@
 """The `ubique` command line: `ubique compile`, `ubique build`, `ubique run`, `ubique inspect`,
-`ubique targets`, `ubique cache [--clear]`, `ubique config --include`, `ubique --version`."""
+`ubique tune`, `ubique targets`, `ubique cache [--clear]`, `ubique config --include`, `ubique --version`."""
 from __future__ import annotations
 
 import argparse
@@ -77,17 +77,44 @@ def _is_ubq(path: str) -> bool:
         return False
 
 
+def _reporting(args):
+    """Collects the compile events of this command when --report is given."""
+    import contextlib
+
+    from ubique import report
+
+    return report.collect() if getattr(args, "report", False) else contextlib.nullcontext()
+
+
+def _print_report(events, **seconds) -> None:
+    if events is not None:
+        print()
+        print(events.format(top=10))
+        extra = ", ".join(f"{k} {v:.3f} s" for k, v in seconds.items())
+        if extra:
+            print(f"outside the compiler: {extra}")
+
+
 def _run(args) -> int:
+    import time
+
     import numpy as np
 
     import ubique as ub
 
     dims = _parse_dims(args.dims)
-    if _is_ubq(args.model):
-        model = ub.load(args.model, args.target, dims=dims or None)
-    else:
-        model = ub.compile(ub.import_onnx(args.model), args.target, dims=dims)
-    outputs = model.run(_load_inputs(model, args.input))
+    with _reporting(args) as events:
+        if _is_ubq(args.model):
+            model = ub.load(args.model, args.target, dims=dims or None)
+        else:
+            t0 = time.perf_counter()
+            graph = ub.import_onnx(args.model)
+            t_import = time.perf_counter() - t0
+            model = ub.compile(graph, args.target, dims=dims)
+        feeds = _load_inputs(model, args.input)
+        t0 = time.perf_counter()
+        outputs = model.run(feeds)
+        t_run = time.perf_counter() - t0
     for spec, out in zip(model.outputs, outputs):
         if args.output:
             path = f"{args.output.rstrip('/')}/{spec.name.replace('/', '_')}.npy"
@@ -96,15 +123,23 @@ def _run(args) -> int:
         else:
             print(f"{spec.name}: {out.dtype}{list(out.shape)}")
             print(np.array2string(out, threshold=args.max_elements, precision=6))
+    _print_report(events, **({} if _is_ubq(args.model) else {"onnx import": t_import}), run=t_run)
     return 0
 
 
 def _compile(args) -> int:
+    import time
+
     import ubique as ub
 
     targets = [t for t in (args.target or "").split(",") if t]
-    path = ub.save(ub.import_onnx(args.model), args.output, targets=targets, dims=_parse_dims(args.dims) or None)
+    with _reporting(args) as events:
+        t0 = time.perf_counter()
+        graph = ub.import_onnx(args.model)
+        t_import = time.perf_counter() - t0
+        path = ub.save(graph, args.output, targets=targets, dims=_parse_dims(args.dims) or None)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB; code for: {', '.join(targets) or 'no target (portable)'})")
+    _print_report(events, **{"onnx import": t_import})
     return 0
 
 
@@ -167,6 +202,55 @@ def _inspect(args) -> int:
     return 0
 
 
+def _duration(text: str) -> float:
+    """--budget: "60s", "2m", "1h", "500ms" or plain seconds ("90", "1.5")."""
+    t = text.strip().lower()
+    for suffix, scale in (("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        if t.endswith(suffix) and t[:-len(suffix)].strip():
+            t, unit = t[:-len(suffix)].strip(), scale
+            break
+    else:
+        unit = 1.0
+    try:
+        value = float(t) * unit
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; expected e.g. 60s, 2m, 90")
+    return value
+
+
+def _tune(args) -> int:
+    import ubique as ub
+    from ubique.compiler.tuner import tune
+    from ubique.targets.registry import get_target
+
+    target = get_target(args.target)
+    if _is_ubq(args.model):
+        from ubique.ubq import open_model
+
+        _, graph = open_model(args.model)
+    else:
+        graph = ub.import_onnx(args.model)
+    result = tune(graph, target, budget_s=args.budget, dims=_parse_dims(args.dims) or None,
+                  log=(lambda s: None) if args.quiet else print, store=not args.dry_run)
+    print()
+    print(result.format())
+    if result.records:
+        print(f"later compiles for {target.name} on this CPU ({target.cpu}) use them; "
+              f"`ubique tune --clear` or `ubique cache --clear` removes them")
+    return 0
+
+
+def _tune_clear(args) -> int:
+    from ubique.compiler import tuning
+    from ubique.targets.registry import get_target
+
+    n = tuning.clear(get_target(args.target) if args.target else None)
+    print(f"removed {n} tuning record file(s)")
+    return 0
+
+
 def main(argv=None) -> int:
     import ubique
 
@@ -182,6 +266,8 @@ def main(argv=None) -> int:
     comp.add_argument("-o", "--output", required=True, help="the .ubq file to write")
     comp.add_argument("--target", default="", help="comma-separated targets to embed code for (e.g. x86_64,aarch64)")
     comp.add_argument("--dims", nargs="*", metavar="NAME=SIZE|LO:HI", help="specialise or bound symbolic sizes")
+    comp.add_argument("--report", action="store_true",
+                      help="print compile times per pass and per kernel, cache events and why each compilation ran")
     comp.set_defaults(fn=_compile)
     build = sub.add_parser("build", help="build a model into one self-contained shared library for the C API")
     build.add_argument("model", help="a .ubq (or .onnx) file")
@@ -201,7 +287,24 @@ def main(argv=None) -> int:
     run.add_argument("--target", default=None, help="target name (default: this host)")
     run.add_argument("--dims", nargs="*", metavar="NAME=SIZE|LO:HI", help="specialise or bound symbolic sizes")
     run.add_argument("--max-elements", type=int, default=100, help="print arrays in full up to this size")
+    run.add_argument("--report", action="store_true",
+                     help="print compile times per pass and per kernel, cache events and why each compilation ran")
     run.set_defaults(fn=_run)
+    tune_p = sub.add_parser("tune", help="measure schedule choices of a model's kernels on this machine and "
+                                         "record the fastest for later compiles")
+    tune_p.add_argument("model", nargs="?", help="an .onnx or .ubq file")
+    tune_p.add_argument("--budget", type=_duration, default=60.0, metavar="TIME",
+                        help="time to spend measuring: 60s, 2m, 90 (seconds); default 60s")
+    tune_p.add_argument("--target", default=None,
+                        help="target name (default: this host); it must run natively on this machine")
+    tune_p.add_argument("--dims", nargs="*", metavar="NAME=SIZE|LO:HI",
+                        help="specialise or bound symbolic sizes, as you will when compiling")
+    tune_p.add_argument("--dry-run", action="store_true", help="measure and print, but store no records")
+    tune_p.add_argument("--quiet", action="store_true", help="print only the final table")
+    tune_p.add_argument("--clear", action="store_true",
+                        help="remove the tuning records (of --target, else of every target) instead of tuning")
+    tune_p.set_defaults(fn=lambda a: _tune_clear(a) if a.clear else
+                        (_tune(a) if a.model else tune_p.error("a model file is required (or --clear)")))
     inspect = sub.add_parser("inspect", help="show a model's graph IR and the ops it uses")
     inspect.add_argument("model", help="an .onnx or .ubq file")
     inspect.add_argument("--summary", action="store_true", help="inputs, outputs and op counts only")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ubique import build as _build
+from ubique import report
 from ubique.compiler.pipeline import Program
 from ubique.compiler.tracer import Tensor, Tracer
 from ubique.errors import DTypeError, TraceError
@@ -105,7 +106,8 @@ class JitFunction:
     def lower(self, *args, **kwargs) -> Lowered:
         args = self._positional(args, kwargs)
         graph, structure = self.trace(*args)
-        program = _build.compile_program(graph, self.target)
+        with report.context(f"jit {self.__name__}.lower()"):
+            program = _build.compile_program(graph, self.target)
         self._remember(self._spec(args), (_build.build(graph, self.target), structure))
         return Lowered(program)
 
@@ -116,9 +118,11 @@ class JitFunction:
         hit = self._cache.get(spec)
         if hit is None:
             graph, structure = self.trace(*args)
-            hit = self._remember(spec, (_build.build(graph, self.target), structure))
+            with report.context(report.jit_reason(self, spec)):
+                hit = self._remember(spec, (_build.build(graph, self.target), structure))
         else:
             _build.count_memory_hit()
+            report.jit_hit(self, spec, self.target)
         executable, structure = hit
         outs = executable.run(*(a for a in args if _is_array(a)))
         return _unflatten(outs, structure)

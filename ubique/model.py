@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ubique import report
 from ubique.errors import ShapeError
 from ubique.ir.graph import Graph
 
@@ -86,6 +87,8 @@ def compile(graph: Graph, target=None, *, dims: dict | None = None) -> Model:
     from ubique.runtime.emulator import EmulatedProgram
 
     program = compile_graph(graph, t, dims=dims)
+    report.record("compiled", graph.name, t.name, t.key, f"target {t.name} does not run on this machine: compiled "
+                  "for its emulator (not cached)", program=program)
     return Model(graph, EmulatedProgram(program), t.name, program.signature, program.contract)
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
 import ubique
+from ubique import report
 from ubique.errors import ModelError, UbiqueError
 from ubique.ir.graph import Graph
 from ubique.ir.serialize import dumps, loads
@@ -38,7 +40,10 @@ def save(graph: Graph, path, targets=(), dims: dict | None = None) -> Path:
     from ubique.runtime.toolchain import link_shared_for_target
     from ubique.targets.registry import get_target
 
-    portable = optimize_graph(graph)
+    timings: dict[str, float] = {}
+    portable = optimize_graph(graph, timings=timings)
+    report.record("passes", graph.name, "portable", "", "ub.save: target-independent passes of the graph the file "
+                  "keeps", timings=timings)
     for new, old in zip(portable.outputs, graph.outputs):  # output copies keep the user's names
         new.name = old.name or new.name
     weights: dict[str, np.ndarray] = {}
@@ -55,11 +60,16 @@ def save(graph: Graph, path, targets=(), dims: dict | None = None) -> Path:
     code, entries = [], []
     for spec in targets:
         target = get_target(spec)
+        t0 = time.perf_counter()
         program = compile_graph(portable, target, dims=dims)
+        t_link = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="ubique-save-") as tmp:
             obj = Path(tmp) / "module.o"
             obj.write_bytes(program.obj)
             library = link_shared_for_target([obj], Path(tmp) / "module.so", target).read_bytes()
+        report.record("compiled", graph.name, target.name, target.key, f"ub.save: code for target {target.name} "
+                      "embedded in the file (always compiled)", program=program, seconds=time.perf_counter() - t0,
+                      link=time.perf_counter() - t_link)
         code.append((target.key, library))
         entries.append({"target": target.name, "key": target.key, "triple": target.triple, "cpu": target.cpu,
                         "features": target.features, "entry": program.entry,
@@ -113,9 +123,35 @@ def load(path, target=None, dims: dict | None = None):
     t = get_target(target)
     entry = next((e for e in mf.code_entries() if e.get("key") == t.key), None)
     if entry is None or dims or not t.runs_natively:
-        return compile(graph, t, dims=dims)
-    ex = _executable(mf, entry)
+        with report.context(_why_not_embedded(path, mf, graph, t, entry, dims)):
+            return compile(graph, t, dims=dims)
+    try:
+        ex = _executable(mf, entry)
+    except ModelError as e:
+        report.record("embedded_rejected", graph.name, t.name, t.key, str(e))
+        raise
+    report.record("embedded", graph.name, t.name, t.key, f"{path}: sha256 {entry['sha256'][:12]} verified")
     return Model(graph, ex, t.name, ex.signature, ex.contract)
+
+
+def _why_not_embedded(path, mf, graph: Graph, t, entry, dims) -> str:
+    """Why `load` compiles the graph instead of using the file's code (recorded as a rejection
+    when the file has code)."""
+    entries = mf.code_entries()
+    if not entries:
+        return f"{path}: portable file (no embedded code)"
+    if entry is not None and dims:
+        why = f"{path}: dims {dims} given: the embedded code for {t.name} was built without them"
+    elif entry is not None:
+        why = f"{path}: target {t.name} does not run on this machine: compiled for its emulator, not its embedded code"
+    else:
+        same = [e for e in entries if e.get("target") == t.name]
+        why = (f"{path}: embedded code for target {t.name} is for another target key ({same[0].get('key')}; this "
+               f"machine: {t.key})" if same else
+               f"{path}: embedded code is for {', '.join(str(e.get('target')) for e in entries)}, not for "
+               f"{t.name} (key {t.key})")
+    report.record("embedded_rejected", graph.name, t.name, t.key, why)
+    return why
 
 
 def _executable(mf, entry: dict):
