@@ -317,3 +317,12 @@ def test_cli_run_report(tmp_path, capsys):
     assert main(["run", str(tmp_path / "m.ubq"), "--input", feed, "--report"]) == 0
     out = capsys.readouterr().out
     assert "embedded code used 1x" in out and "sha256" in out
+
+
+def test_report_states_the_peak_activation_memory():
+    g, _ = unique_graph()
+    with report.collect() as c:
+        ub.compile(g)
+    plan = only(c, "compiled").program.memory
+    text = c.format()
+    assert f"activation memory (static plan): {plan.workspace_size / 1e6:.2f} MB peak" in text, text

@@ -349,7 +349,20 @@ def format_program(ev: Event, top: int = 10) -> list[str]:
     if "llvm" in ev.timings:
         lines.append(f"  LLVM code generation (whole module): {ev.timings['llvm']:.4f} s "
                      f"({_pct(ev.timings['llvm'], total).strip()} of this compilation)")
+    lines += _memory_lines(ev.program)
     return lines
+
+
+def _memory_lines(program) -> list[str]:
+    """Peak activation memory: the static plan's workspace against one buffer per intermediate."""
+    plan = getattr(program, "memory", None)
+    if plan is None:
+        return []
+    if getattr(program, "dynamic_memory", None) is not None:
+        return ["  activation memory: planned at run time (symbolic sizes)"]
+    saved = f", {plan.unshared_size / plan.workspace_size:.1f}x less than one buffer each " \
+        f"({plan.unshared_size / 1e6:.2f} MB)" if plan.workspace_size else ""
+    return [f"  activation memory (static plan): {plan.workspace_size / 1e6:.2f} MB peak{saved}"]
 
 
 def format_report(evs, top: int = 10, wall: float | None = None) -> str:
