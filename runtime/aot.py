@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import tempfile
 import threading
 import weakref
@@ -304,34 +305,22 @@ def _function(name: str, exprs: list[str]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # loading from Python (the same C API, through cffi)
 # ---------------------------------------------------------------------------------------------
-_CDEF = """
-typedef struct ubq_tensor { void *data; int32_t dtype; int32_t rank; const int64_t *shape; } ubq_tensor;
-typedef struct ubq_tensor_info { const char *name; int32_t dtype; int32_t rank; const int64_t *shape;
-                                 const char *const *dims; } ubq_tensor_info;
-typedef struct ubq_symbol_info { const char *name; int64_t min; int64_t max; } ubq_symbol_info;
-typedef struct ubq_model_api {
-    uint64_t magic;
-    int32_t api_version;
-    int32_t kernel_abi_version;
-    const char *producer;
-    const char *triple;
-    const char *name;
-    int32_t (*create)(void **impl, int32_t num_threads);
-    void (*destroy)(void *impl);
-    const char *(*last_error)(void);
-    int32_t (*num_inputs)(const void *impl);
-    int32_t (*num_outputs)(const void *impl);
-    int32_t (*input_info)(const void *impl, int32_t i, ubq_tensor_info *out);
-    int32_t (*output_info)(const void *impl, int32_t i, ubq_tensor_info *out);
-    int32_t (*num_symbols)(const void *impl);
-    int32_t (*symbol_info)(const void *impl, int32_t i, ubq_symbol_info *out);
-    int32_t (*output_shape)(const void *impl, const ubq_tensor *inputs, int32_t n_in, int32_t i, int64_t *shape);
-    int32_t (*run)(void *impl, const ubq_tensor *inputs, int32_t n_in, ubq_tensor *outputs, int32_t n_out);
-    int32_t (*set_num_threads)(void *impl, int32_t n);
-    int32_t (*num_threads)(const void *impl);
-} ubq_model_api;
-extern ubq_model_api ubq_model_library;  /* const in C; not const here, so cffi maps it as a global */
-"""
+# The structs Python needs, taken from the C API header itself so the two cannot drift apart.
+_CDEF_STRUCTS = ("ubq_tensor", "ubq_tensor_info", "ubq_symbol_info", "ubq_model_api")
+
+
+def _cdef() -> str:
+    header = (Path(__file__).parent / "native" / "ubique.h").read_text()
+    parts = []
+    for name in _CDEF_STRUCTS:
+        m = re.search(rf"typedef struct {name} \{{.*?\}} {name};", header, re.S)
+        if m is None:
+            raise AssertionError(f"ubique.h has no typedef struct {name}")
+        parts.append(re.sub(r"/\*.*?\*/", "", m.group(0), flags=re.S))
+    # const in C; not const here, so cffi maps it as a global
+    return "\n".join(parts) + "\nextern ubq_model_api ubq_model_library;\n"
+
+
 _ffi = None
 _ffi_lock = threading.Lock()
 
@@ -345,7 +334,7 @@ def _get_ffi():
             import cffi
 
             ffi = cffi.FFI()
-            ffi.cdef(_CDEF)
+            ffi.cdef(_cdef())
             _ffi = ffi
     return _ffi
 
