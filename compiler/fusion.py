@@ -88,8 +88,6 @@ def _inline_target(n: Node, users, outputs, owner, epilogue_ok, expensive):
     c = next(iter(consumers.values()))
     kind, ckind = get_op(n.op).kind, get_op(c.op).kind
     if kind in ("elementwise", "injective"):
-        if kind == "elementwise" and ckind == "injective" and _epilogue_of_reduce(n, users, outputs):
-            return None  # stays the epilogue of the reduction that produces its input
         if not (ckind in ("elementwise", "injective") or (ckind == "reduce" and c.op not in CONTRACTIONS)):
             return None
         if id(n) in expensive and not _reads_each_element_once(c, n):
@@ -99,13 +97,6 @@ def _inline_target(n: Node, users, outputs, owner, epilogue_ok, expensive):
             and tuple(c.output.shape) == tuple(n.output.shape) and _reads_once(c, n):
         return c
     return None
-
-
-def _epilogue_of_reduce(n: Node, users, outputs) -> bool:
-    """`n` reads, at its own index, a single-use reduction result of its shape."""
-    return any(p.node is not None and get_op(p.node.op).kind == "reduce" and p.id not in outputs
-               and len(users.get(p.id, [])) == 1 and tuple(p.shape) == tuple(n.output.shape)
-               for p in n.inputs)
 
 
 # an expensive producer may still be recomputed this many times per element (a small

@@ -172,9 +172,10 @@ def _divides_by_nonzero_scalar(n: Node) -> bool:
 
 
 def _elementwise(g: Graph, n: Node, ins: list[Value], blocked) -> Blocked | None:
-    like = next((blocked[v.id] for v in ins if v.id in blocked), None)
-    if like is None or tuple(n.output.shape) != tuple(ins[next(k for k, v in enumerate(ins) if v.id in blocked)].shape):
-        return None
+    source = next((v for v in ins if v.id in blocked), None)
+    if source is None or tuple(n.output.shape) != tuple(source.shape):
+        return None  # (an operand broadcast the blocked tensor to a bigger shape)
+    like = blocked[source.id]
     if like.padded and n.op not in FINITE_AT_ZERO and not _divides_by_nonzero_scalar(n):
         return None
     new_ins = []
