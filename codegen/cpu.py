@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import llvmlite.binding as llvm
 
+from ubique.codegen.backend import Backend, GeneratedCode, KernelModule, register_backend
 from ubique.errors import UnsupportedOpError
 from ubique.targets.target import Target
 
@@ -39,10 +40,13 @@ class MachineCode:
     obj: bytes
 
 
-def compile_llvm_ir(text: str, target: Target) -> MachineCode:
-    """Parses, verifies and optimises (O3) LLVM IR, then emits object code."""
+def compile_llvm_ir(text: str, target: Target, link: list[str] = ()) -> MachineCode:
+    """Parses, verifies and optimises (O3) LLVM IR, then emits object code. `link`: more
+    modules (LLVM IR text) linked in before optimisation."""
     tm = target_machine(target)
     mod = llvm.parse_assembly(text)
+    for other in link:
+        mod.link_in(llvm.parse_assembly(other))
     mod.triple = target.triple
     mod.data_layout = str(tm.target_data)
     mod.verify()
@@ -55,3 +59,40 @@ def compile_llvm_ir(text: str, target: Target) -> MachineCode:
 def emit_assembly(optimised_ir: str, target: Target) -> str:
     """Assembly text for already optimised LLVM IR (done on request: it costs as much as codegen)."""
     return target_machine(target).emit_assembly(llvm.parse_assembly(optimised_ir))
+
+
+class LLVMCPUBackend(Backend):
+    """Loop IR -> LLVM IR (codegen/llvm_emit.py) -> O3 -> an object file for the target's triple,
+    CPU and features: x86-64, AArch64 and any other CPU LLVM has a backend for (RISC-V...).
+    Hand-written kernels in LLVM IR are linked into the module before optimisation; those
+    in C are compiled with the target's C compiler and merged into the object."""
+
+    name = "llvm-cpu"
+    extern_languages = ("llvm", "c")
+
+    def generate(self, module: KernelModule, target: Target) -> GeneratedCode:
+        from ubique.codegen.llvm_emit import ModuleEmitter
+
+        emitter = ModuleEmitter(module.name, target.vector_bits, target.triple, vector_math=target.vector_math)
+        functions = {k.name: emitter.add_kernel(k) for k in module.kernels}
+        for ext in module.externs:
+            functions[ext.name] = emitter.declare_kernel(ext.name)
+        steps = [(functions[s.kernel], [(_REF_KINDS[b.kind], b.index) for b in s.buffers]) for s in module.steps]
+        emitter.add_entry(module.entry, steps, module.num_args)
+        code = compile_llvm_ir(str(emitter.module), target,
+                               [e.source for e in module.externs if e.language == "llvm"])
+        c_sources = [e.source for e in module.externs if e.language == "c"]
+        obj = code.obj
+        if c_sources:
+            from ubique.codegen.externs import C_PRELUDE
+            from ubique.runtime.toolchain import compile_c_object, merge_objects
+
+            obj = merge_objects([obj, compile_c_object(C_PRELUDE + "\n".join(c_sources), target, ("-O3",))], target)
+        return GeneratedCode("llvm", code.llvm_ir, obj)
+
+    def assembly(self, code: GeneratedCode, target: Target) -> str:
+        return emit_assembly(code.source, target)
+
+
+_REF_KINDS = {"arg": "io", "workspace": "ws", "table": "wsdyn"}
+register_backend(LLVMCPUBackend, "built-in")

@@ -738,6 +738,10 @@ class ModuleEmitter:
         """Vector width for a loop: the target's register width over the widest element it touches."""
         return max(1, self.vector_bits // widest_element_bits(loop.body))
 
+    def declare_kernel(self, name: str) -> ir.Function:
+        """An external kernel (defined elsewhere, with the kernel ABI) the entry calls."""
+        return ir.Function(self.module, ENTRY_FN, name)
+
     def add_kernel(self, kernel: L.Kernel) -> ir.Function:
         func = ir.Function(self.module, ENTRY_FN, kernel.name)
         args, dims, ctx = func.args

@@ -40,7 +40,9 @@ class Group:
         return "_".join(n.op for n in self.members)
 
 
-def fuse(g: Graph) -> list[Group]:
+def fuse(g: Graph, alone: frozenset[int] = frozenset()) -> list[Group]:
+    """`alone`: ids of nodes that get a kernel of their own, fusing with nothing (a node
+    whose op has a hand-written kernel for the target)."""
     users = g.users()
     outputs = {v.id for v in g.outputs}
     expensive = _expensive_chains(g, users)
@@ -49,7 +51,9 @@ def fuse(g: Graph) -> list[Group]:
     for n in reversed(g.nodes):
         if n.op == "constant":
             continue
-        target = _inline_target(n, users, outputs, owner, epilogue_ok, expensive)
+        target = None if id(n) in alone else _inline_target(n, users, outputs, owner, epilogue_ok, expensive)
+        if target is not None and id(target) in alone:
+            target = None
         if target is None:
             owner[id(n)] = n
             epilogue_ok[id(n)] = True

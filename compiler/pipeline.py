@@ -6,15 +6,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ubique.codegen.backend import (Backend, BufferRef, GeneratedCode, KernelModule, ScheduleHints, Step,
+                                    get_backend)
+from ubique.codegen.externs import check_extern
 from ubique.compiler import passes, tuning
+from ubique.compiler.pass_manager import GRAPH_PASSES, PassRecord, passes_at, run_custom
 from ubique.compiler.fusion import fuse
 from ubique.compiler.layout import block_channels, pack_matmul_rhs
 from ubique.compiler.lower import LoweredKernel, lower_group
 from ubique.compiler.memory_plan import MemoryPlan, plan_memory
 from ubique.runtime.memory import DynamicMemory
 from ubique.compiler.symbolic import DimContract, make_contract, specialize
-from ubique.compiler.schedule import default_schedule
-from ubique.errors import UnsupportedOpError
+from ubique.errors import PluginError, UbiqueError, UnsupportedOpError
 from ubique.ir import dims as D
 from ubique.ir import loop as L
 from ubique.ir.graph import Graph, TensorType
@@ -55,11 +58,29 @@ class Program:
     memory: MemoryPlan
     weights: list[np.ndarray]         # entry args after inputs and outputs, in order
     entry: str
-    llvm_ir: str
-    obj: bytes
+    code: GeneratedCode               # what the target's backend generated
     timings: dict[str, float] = field(default_factory=dict)      # seconds per pass / stage
     contract: DimContract = field(default_factory=DimContract)
     dynamic_memory: DynamicMemory | None = None   # set when intermediate sizes are symbolic
+    passes: list[PassRecord] = field(default_factory=list)       # the pipeline that ran
+    dumps: dict[str, str] = field(default_factory=dict)          # pass name -> IR text after it
+
+    @property
+    def obj(self) -> bytes:
+        """The object file a "cpu" device links."""
+        return self.code.obj
+
+    @property
+    def source(self) -> str:
+        """The backend's text form of the code (LLVM IR, C, PTX...)."""
+        return self.code.source
+
+    @property
+    def llvm_ir(self) -> str:
+        if self.code.language != "llvm":
+            raise UnsupportedOpError(f"target {self.target.name} generates {self.code.language}, not LLVM IR; "
+                                     "see Program.source")
+        return self.code.source
 
     @property
     def graph_ir(self) -> str:
@@ -71,39 +92,72 @@ class Program:
 
     @property
     def asm(self) -> str:
-        from ubique.codegen.cpu import emit_assembly
-
-        return emit_assembly(self.llvm_ir, self.target)
+        return get_backend(self.target.codegen, self.target).assembly(self.code, self.target)
 
     @property
     def num_kernels(self) -> int:
         return len(self.kernels)
 
 
-def optimize_graph(g: Graph, fold: bool = True, timings: dict | None = None, lanes: int = 0) -> Graph:
-    """The graph passes. `lanes` (the target's float32 vector width) enables the
-    target-specific layout pass; without it the result is portable."""
-    timings = {} if timings is None else timings
+class _Pipeline:
+    """Runs named steps, timing them (`timings`), recording them (`records`, for
+    --print-passes) and keeping the IR text after the steps named in `dump_after`."""
 
-    def run(name, fn, graph):
+    def __init__(self, timings: dict, dump_after=()):
+        self.timings = timings
+        self.records: list[PassRecord] = []
+        self.dump_after = set(dump_after)
+        self.dumps: dict[str, str] = {}
+
+    def run(self, name: str, fn, ir, level: str = "graph", origin: str = "built-in"):
         t0 = time.perf_counter()
-        out = fn(graph)
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+        out = fn(ir)
+        seconds = time.perf_counter() - t0
+        self.timings[name] = self.timings.get(name, 0.0) + seconds
+        self.records.append(PassRecord(name, level, origin, seconds))
+        if name in self.dump_after:
+            self.dumps[name] = print_graph(out) if level == "graph" else ""
         return out
 
+    def note_kernels(self, name: str, kernels: list[L.Kernel], level: str, origin: str, seconds: float) -> None:
+        self.records.append(PassRecord(name, level, origin, seconds))
+        if name in self.dump_after:
+            self.dumps[name] = "\n\n".join(print_kernel(k) for k in kernels)
+
+
+def optimize_graph(g: Graph, fold: bool = True, timings: dict | None = None, lanes: int = 0,
+                   target: Target | None = None, pipeline: "_Pipeline | None" = None) -> Graph:
+    """The graph passes. `lanes` (the target's float32 vector width) enables the
+    target-specific layout passes; custom graph passes run when a `target` is given.
+    Without either the result is portable (what a .ubq file stores)."""
+    pipe = pipeline or _Pipeline({} if timings is None else timings)
+    builtin = {
+        "decompose": passes.decompose,
+        "fold_scale_into_conv": passes.fold_scale_into_conv,
+        "block_channels": (lambda x: block_channels(x, lanes)) if lanes else None,
+        "pack_matmul_rhs": (lambda x: pack_matmul_rhs(x, 4 * lanes)) if lanes else None,
+        "fold_constants": (lambda x: passes.fold_constants(x, _evaluate_constant_graph)) if fold else None,
+        "cse": passes.common_subexpression_elimination,
+        "dce": passes.dead_code_elimination,
+        "copy_outputs": passes.copy_aliased_outputs,
+    }
     verify_graph(g)
-    g = run("decompose", passes.decompose, g)
-    g = run("fold_scale_into_conv", passes.fold_scale_into_conv, g)
-    if lanes:
-        g = run("block_channels", lambda x: block_channels(x, lanes), g)
-        g = run("pack_matmul_rhs", lambda x: pack_matmul_rhs(x, 4 * lanes), g)
-    if fold:
-        g = run("fold_constants", lambda x: passes.fold_constants(x, _evaluate_constant_graph), g)
-    g = run("cse", passes.common_subexpression_elimination, g)
-    g = run("dce", passes.dead_code_elimination, g)
-    g = run("copy_outputs", passes.copy_aliased_outputs, g)
+    for name in GRAPH_PASSES:
+        g = _run_custom(pipe, name, False, g, target)
+        if builtin[name] is not None:
+            g = pipe.run(name, builtin[name], g)
+        g = _run_custom(pipe, name, True, g, target)
+    g = _run_custom(pipe, "fuse", False, g, target)
     verify_graph(g)
     return g
+
+
+def _run_custom(pipe: _Pipeline, anchor: str, after: bool, ir, target: Target | None):
+    if target is None:
+        return ir
+    for p in passes_at(anchor, after, target):
+        ir = pipe.run(p.name, lambda x, p=p: run_custom(p, x, target), ir, p.level, p.origin)
+    return ir
 
 
 def _evaluate_constant_graph(sub: Graph) -> list[np.ndarray]:
@@ -114,37 +168,52 @@ def _evaluate_constant_graph(sub: Graph) -> list[np.ndarray]:
 
 
 def compile_graph(graph: Graph, target: Target, *, fold: bool = True, name: str = "ubq",
-                  threads: int = 0, dims: dict | None = None, knobs: dict | None = None) -> Program:
-    """Compiles `graph` for `target`. `dims` declares symbolic dimensions: an int
-    specialises one, a (lo, hi) pair bounds it (see compiler/symbolic.py). `knobs` (kernel
-    signature, see compiler/tuning.py -> TileKnobs) overrides the schedule choices and the tuning records (the tuner's
-    candidates); by default recorded knobs are used where `ubique tune` stored some."""
-    from ubique.codegen.cpu import compile_llvm_ir
-    from ubique.codegen.llvm_emit import ModuleEmitter
-
-    if target.codegen != "llvm-cpu":
-        raise UnsupportedOpError(f"target {target.name} uses codegen {target.codegen!r}, which is not available")
+                  threads: int = 0, dims: dict | None = None, knobs: dict | None = None,
+                  dump_after=()) -> Program:
+    """Compiles `graph` for `target` with the target's backend (codegen/backend.py). `dims`
+    declares symbolic dimensions: an int specialises one, a (lo, hi) pair bounds it (see
+    compiler/symbolic.py). `knobs` (kernel signature -> compiler/tuning.TileKnobs) overrides the
+    schedule choices and the tuning records (the tuner's candidates); by default recorded
+    knobs are used where `ubique tune` stored some. `dump_after` names pipeline steps whose
+    IR text is kept in `Program.dumps`."""
+    backend = get_backend(target.codegen, target)
     timings: dict[str, float] = {}
+    pipe = _Pipeline(timings, dump_after)
     contract = make_contract(graph, dims)
-    g = optimize_graph(specialize(graph, contract.specialized), fold, timings, lanes=target.vector_bits // 32)
+    g = optimize_graph(specialize(graph, contract.specialized), fold, timings, lanes=backend.layout_lanes(target),
+                       target=target, pipeline=pipe)
     symbols = [L.Var(s) for s in contract.symbols]  # every kernel reads the same dims array
+
+    t_lower = t0 = time.perf_counter()
+    hand = hand_kernels(g, target, backend)
+    groups = fuse(g, frozenset(hand))
+    lowered = []
+    for k, group in enumerate(groups):
+        t_kernel = time.perf_counter()
+        lk = lower_group(group, f"{name}_k{k}_{group.name}"[:80])
+        lk.kernel.dims = symbols
+        lk.seconds = time.perf_counter() - t_kernel
+        lowered.append(lk)
+    pipe.note_kernels("fuse", [lk.kernel for lk in lowered], "kernels", "built-in", time.perf_counter() - t0)
+    _kernel_passes(pipe, "fuse", lowered, target)
 
     t0 = time.perf_counter()
     threads = threads or max(2, target.num_cores or 2)
-    lowered = []
-    for k, group in enumerate(fuse(g)):
+    for lk in lowered:
         t_kernel = time.perf_counter()
-        lk = lower_group(group, f"{name}_k{k}_{group.name}"[:80])
-        lanes = max(1, target.vector_bits // widest_element_bits(lk.kernel.body))
-        lk.kernel.dims = symbols
-        lk.kernel = default_schedule(lk.kernel, lk.output.type.rank, lk.work, lanes, threads,
-                                     accumulators=target.vector_registers - 4,
-                                     knobs=knobs.get(tuning.kernel_signature(lk.kernel)) if knobs is not None
-                                     else tuning.lookup(target, lk.kernel))
+        hints = ScheduleHints(lk.output.type.rank, lk.work,
+                              max(1, target.vector_bits // widest_element_bits(lk.kernel.body)), threads,
+                              target.vector_registers - 4,
+                              knobs.get(tuning.kernel_signature(lk.kernel)) if knobs is not None
+                              else tuning.lookup(target, lk.kernel))
+        lk.kernel = backend.schedule(lk.kernel, hints, target)
         verify_kernel(lk.kernel)
-        lk.seconds = time.perf_counter() - t_kernel
-        lowered.append(lk)
-    timings["lower"] = time.perf_counter() - t0
+        lk.seconds += time.perf_counter() - t_kernel
+    pipe.note_kernels("schedule", [lk.kernel for lk in lowered], "kernels", f"backend {backend.name}",
+                      time.perf_counter() - t0)
+    _kernel_passes(pipe, "schedule", lowered, target)
+    timings["lower"] = time.perf_counter() - t_lower - sum(pipe.timings.get(p.name, 0.0) for p in
+                                                           passes_at("fuse", True, target) + passes_at("schedule", True, target))
 
     # entry arguments: inputs, outputs, then weights (non-scalar constants kernels read)
     io: dict[int, int] = {v.id: k for k, v in enumerate(g.inputs)}
@@ -161,29 +230,70 @@ def compile_graph(graph: Graph, target: Target, *, fold: bool = True, name: str 
     dynamic = None
     if all(isinstance(n, int) for n in sizes.values()):
         memory = plan_memory(steps, sizes, set(io))
-        ws_ref = lambda v: ("ws", memory.offsets[v.id])  # noqa: E731
+        ws_ref = lambda v: BufferRef("workspace", memory.offsets[v.id])  # noqa: E731
     else:  # offsets depend on the dims of each call: planned by the runtime, read from a table
         slots = sorted(v for v in sizes if v not in io)
         dynamic = DynamicMemory(steps, {v: sizes[v] for v in slots}, set(io), slots)
         memory = MemoryPlan({}, 0, 0)
-        ws_ref = lambda v: ("wsdyn", slots.index(v.id))  # noqa: E731
+        ws_ref = lambda v: BufferRef("table", slots.index(v.id))  # noqa: E731
 
     t0 = time.perf_counter()
-    mod = ModuleEmitter(name, target.vector_bits, target.triple, vector_math=target.vector_math)
-    entry_steps = []
-    for lk in lowered:
-        t_kernel = time.perf_counter()
-        fn = mod.add_kernel(lk.kernel)
-        lk.seconds += time.perf_counter() - t_kernel
-        refs = [("io", io[v.id]) if v.id in io else ws_ref(v) for v in lk.inputs + [lk.output]]
-        entry_steps.append((fn, refs))
     entry = f"{name}_run"
-    mod.add_entry(entry, entry_steps, len(io))
-    timings["emit_llvm"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    code = compile_llvm_ir(str(mod.module), target)
-    timings["llvm"] = time.perf_counter() - t0
+    externs = [hand[id(lk.output.node)](lk.kernel.name) for lk in lowered if id(lk.output.node) in hand]
+    for ext in externs:
+        check_extern(ext, target)
+    module = KernelModule(
+        name, entry, [lk.kernel for lk in lowered if id(lk.output.node) not in hand], externs,
+        [Step(lk.kernel.name, tuple(BufferRef("arg", io[v.id]) if v.id in io else ws_ref(v)
+                                    for v in lk.inputs + [lk.output])) for lk in lowered],
+        len(io))
+    code = _generate(backend, module, target)
+    timings["codegen"] = time.perf_counter() - t0
+    pipe.records.append(PassRecord("codegen", "code", f"backend {backend.name}", timings["codegen"]))
+    if "codegen" in pipe.dump_after:
+        pipe.dumps["codegen"] = code.source
 
     sig = Signature([(v.name or f"arg{k}", v.type) for k, v in enumerate(g.inputs)], [v.type for v in g.outputs])
-    return Program(name, target, sig, g, lowered, memory, weights, entry, code.llvm_ir, code.obj, timings,
-                   contract, dynamic)
+    return Program(name, target, sig, g, lowered, memory, weights, entry, code, timings, contract, dynamic,
+                   pipe.records, pipe.dumps)
+
+
+def _kernel_passes(pipe: _Pipeline, anchor: str, lowered: list[LoweredKernel], target: Target) -> None:
+    for p in passes_at(anchor, True, target):
+        t0 = time.perf_counter()
+        for lk in lowered:
+            lk.kernel = run_custom(p, lk.kernel, target)
+        pipe.note_kernels(p.name, [lk.kernel for lk in lowered], "loop", p.origin, time.perf_counter() - t0)
+        pipe.timings[p.name] = pipe.timings.get(p.name, 0.0) + time.perf_counter() - t0
+
+
+def _generate(backend: Backend, module: KernelModule, target: Target) -> GeneratedCode:
+    try:
+        code = backend.generate(module, target)
+    except UbiqueError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- a plug-in's code: say whose
+        raise PluginError(f"backend {backend.name!r} ({type(backend).__module__}) failed generating code for "
+                          f"target {target.name!r}: {type(e).__name__}: {e}") from e
+    if not isinstance(code, GeneratedCode):
+        raise PluginError(f"backend {backend.name!r} ({type(backend).__module__}).generate returned "
+                          f"{type(code).__name__}, not a GeneratedCode")
+    if target.device == "cpu" and not code.obj:
+        raise PluginError(f"backend {backend.name!r} ({type(backend).__module__}) generated no object file "
+                          f"(GeneratedCode.obj) for target {target.name!r}, whose device is 'cpu'")
+    return code
+
+
+def hand_kernels(g: Graph, target: Target, backend: Backend) -> dict:
+    """Nodes whose op has a hand-written kernel for `target` in a language the backend
+    takes: id(node) -> fn(kernel name) -> ExternKernel."""
+    from ubique.ir.registry import get_op
+
+    out = {}
+    for n in g.nodes:
+        kernels = getattr(get_op(n.op), "kernels", None)
+        if kernels and len(n.outputs) == 1:
+            make = kernels.for_node(n, target, backend.extern_languages)
+            if make is not None:
+                out[id(n)] = make
+    return out

@@ -14,6 +14,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -161,6 +162,38 @@ def compile_c_executable(
         ToolchainError: the compiler is missing or fails; carries its stderr.
     """
     return _build(cc, ["-O2", *extra_flags], [os.fspath(s) for s in sources], out, libs)
+
+
+def compile_c_object(source: str, target: Target, flags: Iterable[str] = ("-O2",)) -> bytes:
+    """C source text -> a relocatable PIC object for `target`, built with its C compiler
+    (find_target_cc). The kernel ABI header is on the include path: `#include
+    "ubique_runtime.h"` declares ubq_ctx, ubq_entry_fn and ubq_set_error.
+
+    Raises:
+        ToolchainError: the target's compiler is missing or rejects the source (its stderr
+            is in the message).
+    """
+    from ubique.runtime.native import NATIVE_DIR
+
+    with tempfile.TemporaryDirectory(prefix="ubique-cc-") as tmp:
+        src = Path(tmp) / "kernels.c"
+        src.write_text(source)
+        out = _build(find_target_cc(target), ["-c", "-fPIC", "-std=c99", *flags, "-I", str(NATIVE_DIR)],
+                     [str(src)], Path(tmp) / "kernels.o", ())
+        return out.read_bytes()
+
+
+def merge_objects(objects: Sequence[bytes], target: Target) -> bytes:
+    """Several relocatable objects for `target` as one (a relocatable link, `cc -r`)."""
+    if len(objects) == 1:
+        return objects[0]
+    with tempfile.TemporaryDirectory(prefix="ubique-ld-") as tmp:
+        paths = []
+        for k, obj in enumerate(objects):
+            paths.append(Path(tmp) / f"part{k}.o")
+            paths[-1].write_bytes(obj)
+        return _build(find_target_cc(target), ["-r", "-nostdlib"], [str(p) for p in paths],
+                      Path(tmp) / "merged.o", ()).read_bytes()
 
 
 def build_runtime(target: Target) -> Path:

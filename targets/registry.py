@@ -4,29 +4,76 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
-from ubique.errors import UnsupportedOpError
+from ubique.errors import PluginError, UnsupportedOpError
+from ubique.targets import plugins
 from ubique.targets.target import Target, host_arch
 
 _FACTORIES: dict[str, Callable[[], Target]] = {}
+_ORIGINS: dict[str, str] = {}
 
 
-def register(name: str, factory: Callable[[], Target]) -> None:
-    """Registers a target under `name` (a factory, so detection runs only when used)."""
-    _FACTORIES[name] = factory
+def register(name: str, target: "Target | Callable[[], Target]", origin: str = "") -> None:
+    """Registers a target under `name`: a Target, or a factory returning one (so detection
+    runs only when the target is used). `origin` says where it came from (`ubique targets`)."""
+    if isinstance(target, Target):
+        target_obj = target
+        target = lambda: target_obj  # noqa: E731
+    elif not callable(target):
+        raise PluginError(f"{origin or 'ub.targets.register'}: target {name!r} must be a Target or a function "
+                          f"returning one, got {type(target).__name__}")
+    _FACTORIES[name] = target
+    _ORIGINS[name] = origin or f"registered at run time by {_caller_module()}"
+
+
+def _caller_module() -> str:
+    import inspect
+
+    for frame in inspect.stack()[2:]:
+        module = frame.frame.f_globals.get("__name__", "?")
+        if module != __name__:
+            return module
+    return "?"
 
 
 def available() -> list[str]:
+    plugins.load_group("ubique.targets")
     return sorted(_FACTORIES)
 
 
+def origins() -> dict[str, str]:
+    """Registered target names -> where each came from ("built-in", a plug-in package...)."""
+    plugins.load_group("ubique.targets")
+    return dict(sorted(_ORIGINS.items()))
+
+
 def get_target(spec: "str | Target | None" = None) -> Target:
-    """A Target from a name ("host", "x86_64", ...), a Target, or None (the host)."""
+    """A Target from a name ("host", "x86_64", ...), a Target, or None (the host).
+
+    Raises:
+        UnsupportedOpError: no target of that name (lists the registered ones).
+        PluginError: the plug-in registering that name is broken.
+    """
     if isinstance(spec, Target):
         return spec
     name = spec or "host"
     if name not in _FACTORIES:
+        plugins.load_group("ubique.targets", name)
+    if name not in _FACTORIES:
         raise UnsupportedOpError(f"unknown target {name!r}; registered targets: {', '.join(available())}")
-    return _FACTORIES[name]()
+    try:
+        target = _FACTORIES[name]()
+    except PluginError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- a plug-in's factory: report whose
+        raise PluginError(f"{_ORIGINS[name]}: making target {name!r} raised {type(e).__name__}: {e}") from e
+    if not isinstance(target, Target):
+        raise PluginError(f"{_ORIGINS[name]}: target {name!r} gave {type(target).__name__}, not a ubique Target")
+    return target
+
+
+@plugins.on_load("ubique.targets")
+def _register_plugin(name: str, obj, where: str) -> None:
+    register(name, obj, where)
 
 
 def _vector_bits(features: str) -> int:
@@ -76,8 +123,8 @@ def aarch64_target() -> Target:
                   emulator=("qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"), emulator_package="qemu-user")
 
 
-register("host", host_target)
-register("aarch64", aarch64_target)
+register("host", host_target, "built-in (this machine)")
+register("aarch64", aarch64_target, "built-in")
 # the host's architecture name names the host too, unless a portable target of that name is registered
 if host_arch() in ("x86_64", "aarch64") and host_arch() not in _FACTORIES:
-    register(host_arch(), host_target)
+    register(host_arch(), host_target, "built-in (this machine)")

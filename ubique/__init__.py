@@ -3,7 +3,7 @@ __version__ = "0.1.0"
 
 from ubique import errors  # noqa: E402  (first: every layer imports it)
 from ubique.errors import (  # noqa: E402
-    CacheError, DTypeError, ModelError, RuntimeFailure, ShapeError, ToolchainError, TraceError, UbiqueError,
+    CacheError, DTypeError, ModelError, PluginError, RuntimeFailure, ShapeError, ToolchainError, TraceError, UbiqueError,
     UnsupportedOpError, VerifyError,
 )
 from ubique.ir.dtypes import DType  # noqa: E402

@@ -16,6 +16,7 @@ __all__ = [
     "RuntimeFailure",
     "CacheError",
     "ModelError",
+    "PluginError",
 ]
 
 
@@ -57,3 +58,9 @@ class CacheError(UbiqueError):
 
 class ModelError(UbiqueError, ValueError):
     """Raised when a model file (ONNX, .ubq) is corrupt, truncated, malformed or unsafe to load."""
+
+
+class PluginError(UbiqueError, RuntimeError):
+    """Raised when a plug-in (a target, backend, custom op, custom pass or hand-written kernel)
+    is broken: it fails to import, lacks a required method or breaks the kernel ABI. The
+    message names the plug-in."""

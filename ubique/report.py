@@ -345,10 +345,11 @@ def format_program(ev: Event, top: int = 10) -> list[str]:
                          f"{sum(k.seconds for k in rest):9.4f} {_pct(sum(k.seconds for k in rest), total)}")
         ksum = sum(k.seconds for k in ranked)
         lines.append(f"  {'all ' + str(len(ranked)) + ' kernels':<{width}} {sum(k.work for k in ranked):>14,d} "
-                     f"{ksum:9.4f} {_pct(ksum, total)}  (lowering, scheduling, LLVM IR emission)")
-    if "llvm" in ev.timings:
-        lines.append(f"  LLVM code generation (whole module): {ev.timings['llvm']:.4f} s "
-                     f"({_pct(ev.timings['llvm'], total).strip()} of this compilation)")
+                     f"{ksum:9.4f} {_pct(ksum, total)}  (lowering, scheduling)")
+    if "codegen" in ev.timings:
+        backend = getattr(getattr(ev.program, "target", None), "codegen", "?")
+        lines.append(f"  code generation ({backend} backend, whole module): {ev.timings['codegen']:.4f} s "
+                     f"({_pct(ev.timings['codegen'], total).strip()} of this compilation)")
     lines += _memory_lines(ev.program)
     return lines
 

@@ -1,0 +1,66 @@
+"""Checks that a hand-written kernel honours the kernel ABI before any backend uses it.
+
+A kernel given as C source must define `int32_t NAME(void *const *args, const int64_t *dims,
+ubq_ctx *ctx)`; one given as LLVM IR must define `i32 @NAME(ptr, ptr, ptr)`. The checks run
+the target's own tools (its C compiler, LLVM's parser), so an error names the kernel's
+origin and quotes what the tool said, instead of a crash at run time.
+"""
+from __future__ import annotations
+
+import re
+
+from ubique.codegen.backend import ExternKernel
+from ubique.errors import PluginError, ToolchainError
+from ubique.targets.target import Target
+
+ABI_SIGNATURE = "int32_t NAME(void *const *args, const int64_t *dims, ubq_ctx *ctx)"
+C_PRELUDE = '#include <stdint.h>\n#include "ubique_runtime.h"\n'
+
+
+def c_abi_check(name: str) -> str:
+    """C text that fails to compile unless `name` is defined with the kernel ABI's type."""
+    return f"\nubq_entry_fn ubq_abi_check_{name}(void) {{ return {name}; }}\n"
+
+
+def check_extern(ext: ExternKernel, target: Target) -> None:
+    """Raises PluginError naming `ext.origin` if the kernel does not honour the ABI."""
+    if ext.language == "c":
+        from ubique.runtime.toolchain import compile_c_object
+
+        try:
+            compile_c_object(C_PRELUDE + ext.source + c_abi_check(ext.name), target,
+                             ("-O0", "-Werror=incompatible-pointer-types", "-Werror=implicit-function-declaration"))
+        except ToolchainError as e:
+            raise PluginError(f"{ext.origin}: the C kernel {ext.name!r} for target {target.name!r} does not "
+                              f"compile as a kernel of the ABI signature {ABI_SIGNATURE.replace('NAME', ext.name)}"
+                              f"\n{str(e).split(chr(10), 2)[-1]}") from None
+    elif ext.language == "llvm":
+        _check_llvm(ext, target)
+    elif ext.language == "ptx":
+        if not re.search(rf"\.entry\s+{re.escape(ext.name)}\s*\(", ext.source):
+            raise PluginError(f"{ext.origin}: the PTX kernel defines no `.entry {ext.name}(...)`")
+    else:
+        raise PluginError(f"{ext.origin}: unknown kernel language {ext.language!r} (use 'c', 'llvm' or 'ptx')")
+
+
+def _check_llvm(ext: ExternKernel, target: Target) -> None:
+    import llvmlite.binding as llvm
+
+    from ubique.codegen.cpu import init_llvm
+
+    init_llvm()
+    try:
+        mod = llvm.parse_assembly(ext.source)
+        mod.verify()
+    except RuntimeError as e:
+        raise PluginError(f"{ext.origin}: the LLVM IR kernel {ext.name!r} does not parse: {e}") from None
+    try:
+        fn = mod.get_function(ext.name)
+    except NameError:
+        fn = None
+    if fn is None or fn.is_declaration:
+        raise PluginError(f"{ext.origin}: the LLVM IR defines no function @{ext.name}")
+    fn_type = str(fn.global_value_type)
+    if fn_type.replace(" ", "") != "i32(ptr,ptr,ptr)":
+        raise PluginError(f"{ext.origin}: @{ext.name} has type {fn_type}; the kernel ABI needs i32 (ptr, ptr, ptr): "
+                          f"{ABI_SIGNATURE.replace('NAME', ext.name)}")

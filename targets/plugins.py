@@ -1,0 +1,99 @@
+"""Installed plug-ins: Python packages that extend ubique through entry points.
+
+    [project.entry-points."ubique.targets"]      # name = a Target, or a function returning one
+    c = "ubique_c_backend:target"
+    [project.entry-points."ubique.backends"]     # name = a Backend subclass or instance
+    c = "ubique_c_backend:CBackend"
+
+Plug-ins load lazily: `import ubique` imports none of them; the first lookup of a name that
+is not registered yet (or a listing, `ubique targets`) loads the group's entry points. A
+plug-in that fails to import or gives something unusable is recorded as broken with the
+reason, and only a lookup of *its* name raises (a PluginError naming the package); every
+other target keeps working.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from importlib import metadata
+
+from ubique.errors import PluginError
+
+GROUPS = ("ubique.targets", "ubique.backends")
+
+
+@dataclass(frozen=True)
+class Broken:
+    group: str
+    name: str
+    where: str     # "plug-in <distribution> <version> (entry point name = module:attr)"
+    reason: str
+
+    def error(self) -> PluginError:
+        return PluginError(f"{self.where} is broken: {self.reason}. Fix or uninstall that package "
+                           f"(pip uninstall {self.where.split()[1]}); other targets are unaffected")
+
+
+_lock = threading.RLock()
+_loaded: set[tuple[str, str]] = set()       # (group, entry-point name) already tried
+_broken: dict[tuple[str, str], Broken] = {}
+_handlers = {}                               # group -> fn(name, obj, where): registers obj
+
+
+def on_load(group: str):
+    """Declares how a group's loaded objects are registered (called by the registries)."""
+    def deco(fn):
+        _handlers[group] = fn
+        return fn
+    return deco
+
+
+def describe(ep: metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    package = f"{dist.name} {dist.version}" if dist is not None else "?"
+    return f"plug-in {package} (entry point {ep.name} = {ep.value})"
+
+
+def entry_points(group: str) -> list[metadata.EntryPoint]:
+    return sorted(metadata.entry_points(group=group), key=lambda ep: ep.name)
+
+
+def load_group(group: str, name: str | None = None) -> None:
+    """Loads the group's entry points (only those called `name`, if given) not tried yet.
+    Raises the PluginError of a broken plug-in only when `name` asks for it."""
+    with _lock:
+        for ep in entry_points(group):
+            if (name is not None and ep.name != name) or (group, ep.name) in _loaded:
+                continue
+            _loaded.add((group, ep.name))
+            where = describe(ep)
+            try:
+                obj = ep.load()
+            except Exception as e:  # noqa: BLE001 -- any failure of foreign code is reported, not raised
+                _broken[(group, ep.name)] = Broken(group, ep.name, where, f"importing it raised "
+                                                   f"{type(e).__name__}: {e}")
+                continue
+            try:
+                _handlers[group](ep.name, obj, where)
+            except Exception as e:  # noqa: BLE001
+                reason = str(e) if isinstance(e, PluginError) else f"{type(e).__name__}: {e}"
+                _broken[(group, ep.name)] = Broken(group, ep.name, where, reason.removeprefix(where + ": "))
+        if name is not None and (group, name) in _broken:
+            raise _broken[(group, name)].error()
+
+
+def broken() -> list[Broken]:
+    """Plug-ins that failed to load, after loading every group."""
+    import ubique.codegen.backend  # noqa: F401  (the registries declare their handlers)
+    import ubique.targets.registry  # noqa: F401
+
+    for g in GROUPS:
+        load_group(g)
+    return sorted(_broken.values(), key=lambda b: (b.group, b.name))
+
+
+def forget() -> None:
+    """Forgets which entry points were tried (tests installing plug-ins at run time)."""
+    with _lock:
+        _loaded.clear()
+        _broken.clear()
