@@ -15,6 +15,8 @@ in it names the pass and who registered it.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import inspect
 import threading
@@ -145,3 +147,21 @@ class PassRecord:
     level: str        # "graph", "kernels" (fuse, schedule: the loop-IR stages) or "loop"
     origin: str       # "built-in" or the custom pass's origin
     seconds: float = 0.0
+
+
+_DUMP_AFTER: contextvars.ContextVar[frozenset] = contextvars.ContextVar("ubique_dump_after", default=frozenset())
+
+
+@contextlib.contextmanager
+def dumping(names):
+    """Within the block, every compilation keeps the IR text after the named steps
+    (Program.dumps), as if given compile_graph(..., dump_after=names)."""
+    token = _DUMP_AFTER.set(frozenset(names))
+    try:
+        yield
+    finally:
+        _DUMP_AFTER.reset(token)
+
+
+def requested_dumps() -> frozenset:
+    return _DUMP_AFTER.get()

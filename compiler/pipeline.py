@@ -10,7 +10,7 @@ from ubique.codegen.backend import (Backend, BufferRef, GeneratedCode, KernelMod
                                     get_backend)
 from ubique.codegen.externs import check_extern
 from ubique.compiler import passes, tuning
-from ubique.compiler.pass_manager import GRAPH_PASSES, PassRecord, passes_at, run_custom
+from ubique.compiler.pass_manager import GRAPH_PASSES, PassRecord, passes_at, requested_dumps, run_custom
 from ubique.compiler.fusion import fuse
 from ubique.compiler.layout import block_channels, pack_matmul_rhs
 from ubique.compiler.lower import LoweredKernel, lower_group
@@ -169,23 +169,24 @@ def _evaluate_constant_graph(sub: Graph) -> list[np.ndarray]:
 
 def compile_graph(graph: Graph, target: Target, *, fold: bool = True, name: str = "ubq",
                   threads: int = 0, dims: dict | None = None, knobs: dict | None = None,
-                  dump_after=()) -> Program:
+                  dump_after=(), hand_kernels: bool = True) -> Program:
     """Compiles `graph` for `target` with the target's backend (codegen/backend.py). `dims`
     declares symbolic dimensions: an int specialises one, a (lo, hi) pair bounds it (see
     compiler/symbolic.py). `knobs` (kernel signature -> compiler/tuning.TileKnobs) overrides the
     schedule choices and the tuning records (the tuner's candidates); by default recorded
     knobs are used where `ubique tune` stored some. `dump_after` names pipeline steps whose
-    IR text is kept in `Program.dumps`."""
+    IR text is kept in `Program.dumps`. `hand_kernels=False` uses the generated kernel even
+    where an op has a hand-written one for the target (to check one against the other)."""
     backend = get_backend(target.codegen, target)
     timings: dict[str, float] = {}
-    pipe = _Pipeline(timings, dump_after)
+    pipe = _Pipeline(timings, set(dump_after) | requested_dumps())
     contract = make_contract(graph, dims)
     g = optimize_graph(specialize(graph, contract.specialized), fold, timings, lanes=backend.layout_lanes(target),
                        target=target, pipeline=pipe)
     symbols = [L.Var(s) for s in contract.symbols]  # every kernel reads the same dims array
 
     t_lower = t0 = time.perf_counter()
-    hand = hand_kernels(g, target, backend)
+    hand = find_hand_kernels(g, target, backend) if hand_kernels else {}
     groups = fuse(g, frozenset(hand))
     lowered = []
     for k, group in enumerate(groups):
@@ -284,7 +285,7 @@ def _generate(backend: Backend, module: KernelModule, target: Target) -> Generat
     return code
 
 
-def hand_kernels(g: Graph, target: Target, backend: Backend) -> dict:
+def find_hand_kernels(g: Graph, target: Target, backend: Backend) -> dict:
     """Nodes whose op has a hand-written kernel for `target` in a language the backend
     takes: id(node) -> fn(kernel name) -> ExternKernel."""
     from ubique.ir.registry import get_op

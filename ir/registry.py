@@ -92,6 +92,7 @@ class OpDef:
     decompose: Callable | None = None
     num_inputs: int | tuple[int, int] = 1  # exact count or (min, max); max -1 = any
     doc: str = ""
+    kernels: Any = None  # hand-written kernels per target (ubique.custom_ops.HandKernels) or None
 
     def __post_init__(self):
         assert self.kind in KINDS, self.kind
@@ -132,13 +133,18 @@ def register(opdef: OpDef) -> OpDef:
     return opdef
 
 
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
 def get_op(name: str) -> OpDef:
     _load_builtin_ops()
     try:
         return _REGISTRY[name]
     except KeyError:
         raise UnsupportedOpError(f"unknown op {name!r}: it is not in the op registry "
-                                 f"({len(_REGISTRY)} ops; see ubique.ir.registry.all_ops())") from None
+                                 f"({len(_REGISTRY)} ops; see ubique.ir.registry.all_ops()). If it is a custom "
+                                 "op, import the module that defines it (ub.op.define) first") from None
 
 
 def all_ops() -> dict[str, OpDef]:

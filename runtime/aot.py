@@ -79,6 +79,12 @@ def build_library(model, out, target=None, *, dims: dict | None = None, keep_sou
     from ubique.targets.registry import get_target
 
     t = get_target(target)
+    if t.device != "cpu":
+        from ubique.errors import UnsupportedOpError
+
+        raise UnsupportedOpError(f"ubique build makes C-API libraries for CPU targets; target {t.name!r} runs on "
+                                 f"device {t.device!r}. Use ub.compile / ub.load for it, or `ubique compile "
+                                 f"--target {t.name}` to embed its code in a .ubq file")
     graph = model if isinstance(model, Graph) else _read_graph(model)
     cc = find_target_cc(t)  # a missing cross compiler is reported before compiling
     program = compile_graph(graph, t, dims=dims)

@@ -5,6 +5,8 @@
 # compiler, its C library and qemu-user. Installs only what is missing, so it is cheap to
 # run every time; needs root (or sudo) only when it installs.
 set -euo pipefail
+# the riscv64 targets of the example plug-in examples/plugins/ubique-riscv (optional too)
+bash "$(dirname "${BASH_SOURCE[0]}")/install-riscv-deps.sh"
 missing=()
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
 [ -e /usr/include/stdint.h ] || missing+=(libc6-dev)

@@ -4,6 +4,7 @@
     c = "ubique_c_backend:target"
     [project.entry-points."ubique.backends"]     # name = a Backend subclass or instance
     c = "ubique_c_backend:CBackend"
+    [project.entry-points."ubique.devices"]      # name = a runtime Device (runtime/devices.py)
 
 Plug-ins load lazily: `import ubique` imports none of them; the first lookup of a name that
 is not registered yet (or a listing, `ubique targets`) loads the group's entry points. A
@@ -19,7 +20,7 @@ from importlib import metadata
 
 from ubique.errors import PluginError
 
-GROUPS = ("ubique.targets", "ubique.backends")
+GROUPS = ("ubique.targets", "ubique.backends", "ubique.devices")
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ def load_group(group: str, name: str | None = None) -> None:
 def broken() -> list[Broken]:
     """Plug-ins that failed to load, after loading every group."""
     import ubique.codegen.backend  # noqa: F401  (the registries declare their handlers)
+    import ubique.runtime.devices  # noqa: F401
     import ubique.targets.registry  # noqa: F401
 
     for g in GROUPS:

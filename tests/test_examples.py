@@ -27,7 +27,8 @@ def test_cli_targets_and_cache(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "-m", "ubique.cli", *a], capture_output=True,  # noqa: E731
                                     text=True, env=env, timeout=120)
     out = run("targets")
-    assert out.returncode == 0 and "host:" in out.stdout and "registered:" in out.stdout
+    assert out.returncode == 0 and "host:" in out.stdout and "targets:" in out.stdout \
+        and "[built-in" in out.stdout and "backends:" in out.stdout
     (tmp_path / "modules").mkdir()
     (tmp_path / "modules" / "x").write_bytes(b"123")
     out = run("cache", "--clear")

@@ -14,6 +14,8 @@ from ubique.model import Model, compile, import_onnx  # noqa: E402
 from ubique.ubq import load, save  # noqa: E402
 from ubique.runtime.native import set_num_threads  # noqa: E402
 from ubique import targets  # noqa: E402
+from ubique import custom_ops as op  # noqa: E402
+from ubique import passes  # noqa: E402
 
 float32, float64, float16, bfloat16 = DType.float32, DType.float64, DType.float16, DType.bfloat16
 int8, uint8, int32, int64, bool_ = DType.int8, DType.uint8, DType.int32, DType.int64, DType.bool

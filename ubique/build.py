@@ -67,7 +67,7 @@ def compiler_fingerprint() -> str:
 
 
 def graph_key(graph: Graph, target: Target, dims: dict | None = None) -> str:
-    return _key(graph_digest(graph), target, dims)
+    return _key(graph_digest(graph), target, dims, graph)
 
 
 def graph_digest(graph: Graph) -> str:
@@ -76,12 +76,16 @@ def graph_digest(graph: Graph) -> str:
     return hashlib.sha256(dumps(graph, locations=False, store=_array_digest).encode()).hexdigest()
 
 
-def _key(digest: str, target: Target, dims: dict | None) -> str:
-    from ubique.compiler import tuning
+def _key(digest: str, target: Target, dims: dict | None, graph: Graph) -> str:
+    from ubique import custom_ops
+    from ubique.codegen.backend import get_backend
+    from ubique.compiler import pass_manager, tuning
 
-    # tuning records change schedules: code compiled before a tune is not reused after it
+    # tuning records change schedules: code compiled before a tune is not reused after it;
+    # plug-ins (backend, custom passes, custom ops) change code without changing ubique
     text = (f"{compiler_fingerprint()}|{target.key}|{tuning.records_digest(target)}|"
-            f"{sorted((dims or {}).items())}|{digest}")
+            f"{get_backend(target.codegen, target).fingerprint()}|{pass_manager.fingerprint(target)}|"
+            f"{custom_ops.fingerprint(graph)}|{sorted((dims or {}).items())}|{digest}")
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -114,7 +118,7 @@ def build(graph: Graph, target=None, dims: dict | None = None) -> Executable:
                                  f"target={target.name!r}) runs it under its emulator, and ahead-of-time builds "
                                  "deploy it")
     digest = graph_digest(graph)
-    key = _key(digest, target, dims)
+    key = _key(digest, target, dims, graph)
     ex = _lookup(key)
     if ex is None:
         with _key_lock(key):  # threads asking for the same graph compile it once

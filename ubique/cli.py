@@ -1,5 +1,6 @@
 """The `ubique` command line: `ubique compile`, `ubique build`, `ubique run`, `ubique inspect`,
-`ubique tune`, `ubique targets`, `ubique cache [--clear]`, `ubique config --include`, `ubique --version`."""
+`ubique tune`, `ubique targets`, `ubique conformance`, `ubique cache [--clear]`,
+`ubique config --include`, `ubique --version`."""
 from __future__ import annotations
 
 import argparse
@@ -9,14 +10,42 @@ import sys
 
 def _targets(args) -> int:
     from ubique import targets
+    from ubique.codegen.backend import available_backends
+    from ubique.errors import UbiqueError
+    from ubique.targets import plugins
 
     host = targets.host_target()
     print(f"host: {host.describe()}")
     enabled = [f[1:] for f in host.features.split(",") if f.startswith("+")]
     print(f"  features: {' '.join(enabled) or '(none reported)'}")
     print(f"  vector math: {host.vector_math or 'scalar libm'}")
-    print("registered: " + ", ".join(targets.available()))
+    print("targets:")
+    for name, origin in targets.origins().items():
+        try:
+            t = targets.get_target(name)
+            what = f"{t.triple}, codegen {t.codegen}, device {t.device}"
+        except UbiqueError as e:
+            what = f"unusable: {e}"
+        print(f"  {name:<10} {what}  [{origin}]")
+    print("backends:")
+    for name, origin in available_backends().items():
+        print(f"  {name:<10} [{origin}]")
+    for b in plugins.broken():
+        print(f"broken plug-in: {b.group} {b.name!r}: {b.where}: {b.reason}")
     return 0
+
+
+def _import_modules(args) -> None:
+    """--import MODULE: modules defining custom ops, passes or targets, imported first."""
+    import importlib
+
+    from ubique.errors import PluginError
+
+    for name in getattr(args, "imports", None) or []:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 -- the user's module: report, do not crash
+            raise PluginError(f"--import {name}: importing it raised {type(e).__name__}: {e}") from e
 
 
 def _cache(args) -> int:
@@ -77,13 +106,13 @@ def _is_ubq(path: str) -> bool:
         return False
 
 
-def _reporting(args):
-    """Collects the compile events of this command when --report is given."""
+def _reporting(args, force: bool = False):
+    """Collects the compile events of this command when --report is given (or `force`)."""
     import contextlib
 
     from ubique import report
 
-    return report.collect() if getattr(args, "report", False) else contextlib.nullcontext()
+    return report.collect() if getattr(args, "report", False) or force else contextlib.nullcontext()
 
 
 def _print_report(events, **seconds) -> None:
@@ -131,16 +160,47 @@ def _compile(args) -> int:
     import time
 
     import ubique as ub
+    from ubique.compiler.pass_manager import dumping
 
     targets = [t for t in (args.target or "").split(",") if t]
-    with _reporting(args) as events:
+    dump_after = [n for n in (args.dump_after or []) if n]
+    with _reporting(args, force=args.print_passes or bool(dump_after)) as events, dumping(dump_after):
         t0 = time.perf_counter()
         graph = ub.import_onnx(args.model)
         t_import = time.perf_counter() - t0
         path = ub.save(graph, args.output, targets=targets, dims=_parse_dims(args.dims) or None)
+        programs = list(events.programs) if events is not None else []
+        if (args.print_passes or dump_after) and not targets:  # show what the host would run
+            from ubique.compiler.pipeline import compile_graph
+            from ubique.targets.registry import host_target
+
+            programs.append(compile_graph(graph, host_target(), dims=_parse_dims(args.dims) or None))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB; code for: {', '.join(targets) or 'no target (portable)'})")
-    _print_report(events, **{"onnx import": t_import})
+    for program in programs:
+        if args.print_passes:
+            _print_passes(program)
+        _print_dumps(program, dump_after)
+    if args.report:
+        _print_report(events, **{"onnx import": t_import})
     return 0
+
+
+def _print_passes(program) -> None:
+    print(f"\npipeline for target {program.target.name} (backend {program.target.codegen}):")
+    for k, r in enumerate(program.passes, 1):
+        print(f"  {k:>2}. {r.name:<22} {r.level:<7} {r.seconds * 1e3:9.2f} ms  {r.origin}")
+
+
+def _print_dumps(program, names) -> None:
+    from ubique.errors import UbiqueError
+
+    for name in names:
+        if name not in program.dumps:
+            ran = ", ".join(r.name for r in program.passes)
+            raise UbiqueError(f"--dump-after {name}: no step of that name ran for target {program.target.name}; "
+                              f"the steps were: {ran}")
+        print(f"\n// IR after {name} (target {program.target.name})")
+        print(program.dumps[name])
 
 
 def _build(args) -> int:
@@ -268,6 +328,11 @@ def main(argv=None) -> int:
     comp.add_argument("--dims", nargs="*", metavar="NAME=SIZE|LO:HI", help="specialise or bound symbolic sizes")
     comp.add_argument("--report", action="store_true",
                       help="print compile times per pass and per kernel, cache events and why each compilation ran")
+    comp.add_argument("--print-passes", action="store_true",
+                      help="print the pipeline that ran for each target: every pass and stage, built-in or custom")
+    comp.add_argument("--dump-after", action="append", metavar="NAME",
+                      help="print the IR after the step NAME (a graph pass, a custom pass, fuse, schedule or "
+                           "codegen); repeatable")
     comp.set_defaults(fn=_compile)
     build = sub.add_parser("build", help="build a model into one self-contained shared library for the C API")
     build.add_argument("model", help="a .ubq (or .onnx) file")
@@ -309,8 +374,21 @@ def main(argv=None) -> int:
     inspect.add_argument("model", help="an .onnx or .ubq file")
     inspect.add_argument("--summary", action="store_true", help="inputs, outputs and op counts only")
     inspect.set_defaults(fn=_inspect)
-    args = parser.parse_args(argv)
+    conf = sub.add_parser("conformance", help="run the generated per-op conformance suite on a target "
+                                              "against the host backend and print a pass table", add_help=False)
+    conf.set_defaults(fn=None)
+    for p in (comp, build, run, tune_p, inspect):
+        p.add_argument("--import", dest="imports", action="append", metavar="MODULE",
+                       help="import MODULE first (it defines custom ops, passes or targets); repeatable")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "conformance":
+        from ubique.testing import cli_main
+
+        return cli_main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
+        _import_modules(args)
         return args.fn(args)
     except ubique.UbiqueError as e:
         print(f"ubique: error: {e}", file=sys.stderr)

@@ -30,6 +30,7 @@ class Lowered:
     graph_ir = property(lambda self: self.program.graph_ir)
     loop_ir = property(lambda self: self.program.loop_ir)
     llvm_ir = property(lambda self: self.program.llvm_ir)
+    source = property(lambda self: self.program.source)  # the backend's code text (LLVM IR, C, PTX)
     asm = property(lambda self: self.program.asm)
     num_kernels = property(lambda self: self.program.num_kernels)
     timings = property(lambda self: dict(self.program.timings))

@@ -80,6 +80,16 @@ def compile(graph: Graph, target=None, *, dims: dict | None = None) -> Model:
     from ubique.targets.registry import get_target
 
     t = get_target(target)
+    if t.device != "cpu":
+        from ubique.compiler.pipeline import compile_graph
+        from ubique.runtime.devices import get_device
+
+        device = get_device(t.device, t)
+        program = compile_graph(graph, t, dims=dims)
+        report.record("compiled", graph.name, t.name, t.key, f"target {t.name} runs on device {t.device} "
+                      "(not cached)", program=program)
+        runnable = device.load(program)
+        return Model(graph, runnable, t.name, program.signature, program.contract)
     if t.runs_natively:
         ex = build(graph, t, dims=dims)
         return Model(graph, ex, t.name, ex.signature, ex.contract)

@@ -36,6 +36,7 @@ def save(graph: Graph, path, targets=(), dims: dict | None = None) -> Path:
     """Writes `graph` to a .ubq file, with precompiled code for each target in `targets`
     (names or Targets; none: a portable file that is compiled where it is loaded)."""
     from ubique.compiler.pipeline import compile_graph, optimize_graph
+    from ubique.custom_ops import custom_op_names
     from ubique.runtime.model_file import write
     from ubique.runtime.toolchain import link_shared_for_target
     from ubique.targets.registry import get_target
@@ -83,12 +84,14 @@ def save(graph: Graph, path, targets=(), dims: dict | None = None) -> Path:
                 "inputs": [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype.short} for v in portable.inputs],
                 "outputs": [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype.short}
                             for v in portable.outputs],
+                "custom_ops": custom_op_names(portable),
                 "code": entries}
     return write(path, graph_json, weights, manifest, code)
 
 
 def open_model(path):
     """(ModelFile, graph) of a .ubq file; the graph's constants are views of the mapping."""
+    from ubique.ir.registry import all_ops
     from ubique.runtime.model_file import ModelFile
 
     mf = ModelFile(path)
@@ -102,6 +105,11 @@ def open_model(path):
             raise ModelError(f"{path}: the graph refers to tensor {name!r}, which the weights section lacks") from None
 
     text = mf.graph_json()  # a missing or corrupt graph section: its own ModelError
+    missing = [n for n in mf.manifest.get("custom_ops", []) if n not in all_ops()]
+    if missing:
+        raise ModelError(f"{path}: the model uses custom op(s) {', '.join(missing)}, not registered in this "
+                         "process. Custom ops are stored by name: import the module that defines them "
+                         "(ub.op.define) before loading the file")
     try:
         graph = loads(text, load=load)
     except UbiqueError as e:

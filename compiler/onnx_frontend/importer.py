@@ -193,7 +193,7 @@ class Importer:
 
     # -- import -------------------------------------------------------------------------
     def run(self) -> Graph:
-        from ubique.compiler.onnx_frontend.ops import HANDLERS, check_supported
+        from ubique.compiler.onnx_frontend.ops import check_supported, handler_for
 
         graph = self.model.graph
         check_supported(self.model, self.opset)
@@ -223,7 +223,7 @@ class Importer:
             try:
                 check_node(node, self.opset, name)
                 ctx = NodeContext(self, node, self.opset)
-                outs = HANDLERS[node.op_type](ctx)
+                outs = handler_for(node)(ctx)
                 needed = max((k + 1 for k, o in enumerate(node.output) if o), default=0)
                 if len(outs) < needed:
                     raise ModelError(f"the node declares {needed} outputs; this {node.op_type} produces "
@@ -283,6 +283,8 @@ def check_node(node, opset: int, name: str) -> None:
     required attributes present, attribute types. Raises ModelError naming what is wrong."""
     from ubique.compiler.onnx_frontend.loader import attribute_type
 
+    if node.domain not in ("", "ai.onnx"):
+        return  # a custom op: its own definition (ub.op.define) checks it
     schema = _schema(node.op_type, opset)
     if schema is None:
         return

@@ -29,18 +29,41 @@ def handles(*names):
     return deco
 
 
+def handler_for(node):
+    """The handler of an ONNX node: a built-in op's, or for another domain the custom op
+    registered for it (ub.op.define(..., onnx="domain::OpType"))."""
+    if node.domain in ("", "ai.onnx"):
+        return HANDLERS[node.op_type]
+    return _custom_op
+
+
+def _custom_op(ctx):
+    from ubique.custom_ops import lookup_onnx
+
+    name = lookup_onnx(ctx.node.domain, ctx.node.op_type)
+    inputs = [ctx.value(i) for i in range(ctx.num_inputs) if ctx.has(i)]
+    return ctx.node_op(name, inputs, **ctx.attrs)
+
+
 def check_supported(model, opset: int) -> None:
     """One error naming every unsupported op type and its nodes."""
+    from ubique.custom_ops import lookup_onnx
+
     missing: dict[str, list[str]] = {}
     for k, n in enumerate(model.graph.node):
+        if n.domain not in ("", "ai.onnx") and lookup_onnx(n.domain, n.op_type) is not None:
+            continue
         if n.domain not in ("", "ai.onnx") or n.op_type not in HANDLERS:
             key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
             missing.setdefault(key, []).append(n.name or f"#{k}")
     if missing:
         parts = [f"{op} (nodes: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''})"
                  for op, names in sorted(missing.items())]
+        custom = any("::" in op for op in missing)
         raise UnsupportedOpError(f"the model uses {len(missing)} op type(s) ubique does not support: "
-                                 + "; ".join(parts))
+                                 + "; ".join(parts)
+                                 + ("; ops of other domains are custom ops: define them with ub.op.define(..., "
+                                    "onnx=\"domain::OpType\")" if custom else ""))
 
 
 def _all_known(ctx) -> bool:

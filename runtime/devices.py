@@ -1,0 +1,57 @@
+"""Runtime devices: what runs the code a backend generated, named by `Target.device`.
+
+"cpu" is built in: the backend's object file is linked into a shared library and loaded
+(ubique/build.py, with the compile cache), or run under the target's emulator when this
+machine cannot run it (runtime/emulator.py). Another device (a GPU) registers a `Device`
+whose `load(program)` returns an object with `run(*arrays) -> list[np.ndarray]`,
+`signature` and `contract`, like runtime.executable.Executable; packages register through
+the `ubique.devices` entry-point group (name = a Device subclass or instance).
+"""
+from __future__ import annotations
+
+import abc
+
+from ubique.errors import PluginError, UnsupportedOpError
+from ubique.targets import plugins
+
+
+class Device(abc.ABC):
+    name: str = ""
+
+    @abc.abstractmethod
+    def load(self, program):
+        """A runnable for a compiled Program (see the module docstring)."""
+
+
+_DEVICES: dict[str, Device] = {}
+
+
+def register_device(device, origin: str = "") -> Device:
+    where = origin or getattr(device, "__module__", "?")
+    if isinstance(device, type):
+        missing = sorted(getattr(device, "__abstractmethods__", ()))
+        if not issubclass(device, Device) or missing:
+            raise PluginError(f"{where}: {device.__qualname__} must subclass ubique.runtime.devices.Device and "
+                              f"implement load()")
+        device = device()
+    if not isinstance(device, Device) or not device.name:
+        raise PluginError(f"{where}: {device!r} is not a named ubique.runtime.devices.Device")
+    _DEVICES[device.name] = device
+    return device
+
+
+@plugins.on_load("ubique.devices")
+def _register_plugin(name: str, obj, where: str) -> None:
+    register_device(obj, where)
+
+
+def get_device(name: str, target=None) -> Device:
+    """The device registered as `name` (not "cpu", which the runtime runs itself)."""
+    if name not in _DEVICES:
+        plugins.load_group("ubique.devices", name)
+    if name not in _DEVICES:
+        whose = f"target {target.name!r} runs on device {name!r}" if target is not None else f"device {name!r}"
+        raise UnsupportedOpError(f"{whose}, which has no runtime here; registered devices: cpu"
+                                 + "".join(f", {d}" for d in sorted(_DEVICES))
+                                 + ". Install the plug-in that provides it")
+    return _DEVICES[name]
