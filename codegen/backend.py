@@ -26,8 +26,9 @@ entry-point group of an installed package; see docs/writing-a-backend.md.
 from __future__ import annotations
 
 import abc
+import functools
 import hashlib
-import inspect
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -158,12 +159,25 @@ class Backend(abc.ABC):
 
     def fingerprint(self) -> str:
         """Identifies this backend's code generation (part of every compiled-code cache key):
-        by default the source of the module that defines the backend's class."""
+        by default every Python source file of the top-level package that defines the
+        backend's class (ubique's own backends are covered by ubique's fingerprint)."""
+        return _package_digest(type(self).__module__.split(".")[0])
+
+
+@functools.lru_cache(maxsize=None)
+def _package_digest(package: str) -> str:
+    if package == "ubique":
+        return "ubique"
+    module = sys.modules.get(package)
+    path = Path(getattr(module, "__file__", "") or "")
+    files = sorted(path.parent.rglob("*.py")) if path.name == "__init__.py" else [path]
+    digest = hashlib.sha256(package.encode())
+    for f in files:
         try:
-            text = Path(inspect.getfile(type(self))).read_bytes()
-        except (OSError, TypeError):
-            text = type(self).__qualname__.encode()
-        return hashlib.sha256(text).hexdigest()[:16]
+            digest.update(f.read_bytes())
+        except OSError:
+            pass
+    return digest.hexdigest()[:16]
 
 
 # ---- the registry --------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The compilation pipeline: graph IR -> passes -> fused kernels in loop IR -> LLVM -> object code."""
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -191,7 +192,7 @@ def compile_graph(graph: Graph, target: Target, *, fold: bool = True, name: str 
     lowered = []
     for k, group in enumerate(groups):
         t_kernel = time.perf_counter()
-        lk = lower_group(group, f"{name}_k{k}_{group.name}"[:80])
+        lk = lower_group(group, re.sub(r"\W", "_", f"{name}_k{k}_{group.name}")[:80])  # a C identifier
         lk.kernel.dims = symbols
         lk.seconds = time.perf_counter() - t_kernel
         lowered.append(lk)

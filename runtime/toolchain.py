@@ -25,7 +25,7 @@ from ubique.errors import ToolchainError
 if TYPE_CHECKING:
     from ubique.targets.target import Target
 
-__all__ = ["find_cc", "find_target_cc", "compile_c_shared", "compile_c_executable", "link_shared",
+__all__ = ["find_cc", "find_target_cc", "compile_c_object", "merge_objects", "compile_c_shared", "compile_c_executable", "link_shared",
            "link_shared_for_target", "build_runtime"]
 
 _CANDIDATES = ("cc", "gcc", "clang")
