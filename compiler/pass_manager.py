@@ -66,6 +66,16 @@ class CustomPass:
 
 _lock = threading.Lock()
 _CUSTOM: list[CustomPass] = []
+_changes = [0]  # bumped whenever a custom pass or op is (un)registered: jit caches start over
+
+
+def changes() -> int:
+    """How many times custom passes or ops were (un)registered in this process."""
+    return _changes[0]
+
+
+def note_change() -> None:
+    _changes[0] += 1
 
 
 def register_pass(name: str, fn: Callable, *, after: str | None = None, before: str | None = None,
@@ -93,12 +103,14 @@ def register_pass(name: str, fn: Callable, *, after: str | None = None, before: 
                    origin or f"custom pass {name!r} ({getattr(fn, '__module__', '?')})")
     with _lock:
         _CUSTOM[:] = [q for q in _CUSTOM if q.name != name] + [p]
+    note_change()
     return p
 
 
 def unregister_pass(name: str) -> None:
     with _lock:
         _CUSTOM[:] = [q for q in _CUSTOM if q.name != name]
+    note_change()
 
 
 def custom_passes(target=None) -> list[CustomPass]:

@@ -238,8 +238,11 @@ def test_graph_pass_runs_at_its_position_for_its_target(passes):
     np.testing.assert_allclose(load_program(program).run(x)[0], np.abs(x) * 2)
     # the cache key follows the registered passes: ub.compile does not reuse code made without it
     np.testing.assert_allclose(ub.compile(graph).run([x])[0], np.abs(x) * 2)
+    f = ub.jit(lambda a: ub.relu(a) * 2.0)       # and a jitted function compiles anew
+    np.testing.assert_allclose(f(x), np.abs(x) * 2)
     ub.passes.unregister("relu_to_abs")
     np.testing.assert_allclose(ub.compile(graph).run([x])[0], np.maximum(x, 0) * 2)
+    np.testing.assert_allclose(f(x), np.maximum(x, 0) * 2)
 
 
 def test_loop_pass_after_fusion_and_after_schedule(passes):

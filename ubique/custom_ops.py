@@ -41,6 +41,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Callable
 
+from ubique.compiler.pass_manager import note_change
 from ubique.errors import PluginError, UnsupportedOpError
 from ubique.ir import loop as L
 from ubique.ir.dtypes import DType, dtype_of
@@ -157,6 +158,7 @@ class CustomOp:
             where = called_at if source is not None else _where(make)
             origin = f"hand-written {language} kernel of op {self.name!r} for {target} ({where})"
             self.opdef.kernels.kernels.append(_HandKernel(target, language, make, origin))
+            note_change()
             return make
         if source is not None:
             add(lambda spec, text=source: text.replace("{name}", spec.name))
@@ -212,6 +214,7 @@ def define(name: str, *, kind: str = "elementwise", infer: Callable | None = Non
         register(opdef)
         op = CustomOp(opdef, fn, infer, origin)
         _CUSTOM[name] = op
+        note_change()
         if onnx is not None:
             domain, op_type = onnx.split("::") if isinstance(onnx, str) else onnx
             _ONNX[(domain, op_type)] = name
@@ -329,5 +332,6 @@ def undefine(name: str) -> None:
     if op is None:
         raise UnsupportedOpError(f"{name!r} is not a custom op")
     unregister(name)
+    note_change()
     for key in [k for k, v in _ONNX.items() if v == name]:
         del _ONNX[key]

@@ -10,6 +10,7 @@ import numpy as np
 
 from ubique import build as _build
 from ubique import report
+from ubique.compiler import pass_manager
 from ubique.compiler.pipeline import Program
 from ubique.compiler.tracer import Tensor, Tracer
 from ubique.errors import DTypeError, TraceError
@@ -30,7 +31,8 @@ class Lowered:
     graph_ir = property(lambda self: self.program.graph_ir)
     loop_ir = property(lambda self: self.program.loop_ir)
     llvm_ir = property(lambda self: self.program.llvm_ir)
-    source = property(lambda self: self.program.source)  # the backend's code text (LLVM IR, C, PTX)
+    source = property(lambda self: self.program.source)
+    passes = property(lambda self: list(self.program.passes))  # the pipeline that ran  # the backend's code text (LLVM IR, C, PTX)
     asm = property(lambda self: self.program.asm)
     num_kernels = property(lambda self: self.program.num_kernels)
     timings = property(lambda self: dict(self.program.timings))
@@ -48,6 +50,7 @@ class JitFunction:
         self._signature = inspect.signature(fn)
         self._params = list(self._signature.parameters)
         self._cache: dict[tuple, tuple] = {}  # spec -> (executable, output structure)
+        self._plugin_changes = pass_manager.changes()
 
     def _spec(self, args) -> tuple:
         spec = []
@@ -116,6 +119,9 @@ class JitFunction:
         if kwargs:
             args = self._positional(args, kwargs)
         spec = self._spec(args)
+        if self._plugin_changes != pass_manager.changes():  # a custom pass or op changed: compile anew
+            self._cache.clear()
+            self._plugin_changes = pass_manager.changes()
         hit = self._cache.get(spec)
         if hit is None:
             graph, structure = self.trace(*args)
