@@ -73,7 +73,8 @@ class LLVMCPUBackend(Backend):
     def generate(self, module: KernelModule, target: Target) -> GeneratedCode:
         from ubique.codegen.llvm_emit import ModuleEmitter
 
-        emitter = ModuleEmitter(module.name, target.vector_bits, target.triple, vector_math=target.vector_math)
+        emitter = ModuleEmitter(module.name, target.vector_bits, target.triple, vector_math=target.vector_math,
+                                soft_half=not native_half_conversions(target))
         functions = {k.name: emitter.add_kernel(k) for k in module.kernels}
         for ext in module.externs:
             functions[ext.name] = emitter.declare_kernel(ext.name)
@@ -95,4 +96,14 @@ class LLVMCPUBackend(Backend):
 
 
 _REF_KINDS = {"arg": "io", "workspace": "ws", "table": "wsdyn"}
+
+
+def native_half_conversions(target: Target) -> bool:
+    """Whether LLVM's float16 conversions work on the target without runtime routines that
+    its C library may lack: x86-64 (F16C, or libgcc's __truncsfhf2 since GCC 12), AArch64
+    (FCVT), RISC-V with Zfh/Zfhmin. Elsewhere ubique converts with integer operations."""
+    if target.arch in ("x86_64", "aarch64"):
+        return True
+    features = target.features.split(",")
+    return target.arch.startswith("riscv") and ("+zfh" in features or "+zfhmin" in features)
 register_backend(LLVMCPUBackend, "built-in")

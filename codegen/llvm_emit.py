@@ -116,7 +116,7 @@ class FunctionEmitter:
         self.buffers = {}
         for k, buf in enumerate(kernel.params):
             raw = self.b.load(self.b.gep(self.args_ptr, [ir.Constant(I64, k)]), name=f"{buf.name}.raw")
-            self.buffers[buf.name] = self.b.bitcast(raw, storage_type(buf.dtype).as_pointer(), name=buf.name)
+            self.buffers[buf.name] = self.b.bitcast(raw, self.storage(buf.dtype).as_pointer(), name=buf.name)
         for k, v in enumerate(kernel.dims):
             self.env[v.name] = self.b.load(self.b.gep(self.dims_ptr, [ir.Constant(I64, k)]), name=v.name)
 
@@ -300,6 +300,8 @@ class FunctionEmitter:
             if src.is_float:
                 out = v
                 if src is DType.float64 and dst is DType.float16:  # one rounding, not two
+                    if self.m.soft_half:
+                        return self.half_to_f32(self.f64_to_half(v, lanes), lanes)
                     return b.fpext(b.fptrunc(v, _vec(F16, lanes)), T)
                 if value_type(src) != value_type(dst):
                     out = b.fpext(v, T) if value_type(dst) == F64 else b.fptrunc(v, T)
@@ -323,6 +325,8 @@ class FunctionEmitter:
         """Rounds a float32/64 register value to dt's precision (float16/bfloat16 live in float32)."""
         lanes = v.type.count if isinstance(v.type, ir.VectorType) else 0
         if dt is DType.float16:
+            if self.m.soft_half:
+                return self.half_to_f32(self.f32_to_half(v, lanes), lanes)
             h = self.b.fptrunc(v, _vec(F16, lanes))
             return self.b.fpext(h, _vec(F32, lanes))
         if dt is DType.bfloat16:
@@ -338,6 +342,64 @@ class FunctionEmitter:
         is_nan = b.fcmp_unordered("uno", v, v)
         out = b.select(is_nan, c(0x7FC0), rounded)
         return b.trunc(out, _vec(I16, lanes))
+
+    # float16 <-> float32 with integer operations, for targets whose C runtime lacks the
+    # conversion routines LLVM would call (RISC-V without Zfhmin and a libgcc before 13).
+    # Round to nearest even; NaN stays NaN (quiet), overflow gives inf, as the instructions do.
+    def f32_to_half(self, v, lanes):
+        b = self.b
+        c = lambda x, t=I32: ir.Constant(_vec(t, lanes), [x] * lanes if lanes else x)  # noqa: E731
+        bits = b.bitcast(v, _vec(I32, lanes))
+        sign = b.and_(bits, c(0x80000000))
+        mag = b.xor(bits, sign)
+        # subnormal halves: the FPU rounds when the magic constant is added (exact below 2^-14)
+        magic = c(((127 - 15) + (23 - 10) + 1) << 23)
+        sub = b.sub(b.bitcast(b.fadd(b.bitcast(mag, _vec(F32, lanes)), b.bitcast(magic, _vec(F32, lanes))),
+                              _vec(I32, lanes)), magic)
+        odd = b.and_(b.lshr(mag, c(13)), c(1))
+        normal = b.lshr(b.add(b.add(mag, c(((15 - 127) << 23) + 0xFFF)), odd), c(13))
+        big = b.select(b.icmp_unsigned(">", mag, c(0x7F800000)), c(0x7E00), c(0x7C00))  # NaN, inf/overflow
+        out = b.select(b.icmp_unsigned(">=", mag, c((127 + 16) << 23)), big,
+                       b.select(b.icmp_unsigned("<", mag, c(113 << 23)), sub, normal))
+        return b.trunc(b.or_(out, b.lshr(sign, c(16))), _vec(I16, lanes))
+
+    def f64_to_half(self, v, lanes):
+        """float64 -> float16 rounded once: to float32 rounding to odd (sticky last bit), then
+        to float16 rounding to nearest even, which is exact for 13 spare bits."""
+        b = self.b
+        c = lambda x: ir.Constant(_vec(I32, lanes), [x] * lanes if lanes else x)  # noqa: E731
+        f = b.fptrunc(v, _vec(F32, lanes))
+        back = b.fpext(f, _vec(F64, lanes))
+        bits = b.bitcast(f, _vec(I32, lanes))
+        away = b.fcmp_ordered(">", b.call(self.m.declare(f"llvm.fabs.{'v%df64' % lanes if lanes else 'f64'}",
+                                                         ir.FunctionType(back.type, [back.type])), [back]),
+                              b.call(self.m.declare(f"llvm.fabs.{'v%df64' % lanes if lanes else 'f64'}",
+                                                    ir.FunctionType(v.type, [v.type])), [v]))
+        toward_zero = b.select(away, b.sub(bits, c(1)), bits)  # |f| > |v|: one ulp back
+        inexact = b.fcmp_ordered("!=", back, v)
+        odd = b.select(inexact, b.or_(toward_zero, c(1)), bits)
+        finite = b.fcmp_ordered("<", b.call(self.m.declare(f"llvm.fabs.{'v%df32' % lanes if lanes else 'f32'}",
+                                                           ir.FunctionType(f.type, [f.type])), [f]),
+                                ir.Constant(f.type, [float("inf")] * lanes if lanes else float("inf")))
+        return self.f32_to_half(b.bitcast(b.select(finite, odd, bits), _vec(F32, lanes)), lanes)
+
+    def half_to_f32(self, h, lanes):
+        b = self.b
+        c = lambda x: ir.Constant(_vec(I32, lanes), [x] * lanes if lanes else x)  # noqa: E731
+        u = b.zext(h, _vec(I32, lanes))
+        sign = b.shl(b.and_(u, c(0x8000)), c(16))
+        em = b.and_(u, c(0x7FFF))
+        special = b.or_(c(0x7F800000), b.shl(b.and_(em, c(0x3FF)), c(13)))          # inf, NaN
+        normal = b.add(b.shl(em, c(13)), c(0x38000000))                                 # rebias
+        scale = ir.Constant(_vec(F32, lanes), [2.0 ** -24] * lanes if lanes else 2.0 ** -24)
+        sub = b.bitcast(b.fmul(b.uitofp(em, _vec(F32, lanes)), scale), _vec(I32, lanes))  # em * 2^-24
+        bits = b.select(b.icmp_unsigned(">=", em, c(0x7C00)), special,
+                        b.select(b.icmp_unsigned(">=", em, c(0x400)), normal, sub))
+        return b.bitcast(b.or_(bits, sign), _vec(F32, lanes))
+
+    def storage(self, dt: DType) -> ir.Type:
+        """The memory type of dt's elements (float16 as i16 where conversions are in software)."""
+        return I16 if dt is DType.float16 and self.m.soft_half else storage_type(dt)
 
     def bf16_to_f32(self, v, lanes):
         wide = self.b.shl(self.b.zext(v, _vec(I32, lanes)), ir.Constant(_vec(I32, lanes), [16] * lanes if lanes else 16))
@@ -408,7 +470,7 @@ class FunctionEmitter:
         buf = e.buffer
         flat = linear_index(buf, e.indices)
         base = self.buffers[buf.name]
-        st = storage_type(buf.dtype)
+        st = self.storage(buf.dtype)
         mask = None if e.mask is None else self.expr(e.mask)
         other = None if e.mask is None else self.to_storage(self.expr(e.other), buf.dtype)
         if self.lanes:
@@ -458,6 +520,8 @@ class FunctionEmitter:
 
     def from_storage(self, raw, dt: DType, lanes):
         if dt is DType.float16:
+            if self.m.soft_half:
+                return self.half_to_f32(raw, lanes)
             return self.b.fpext(raw, _vec(F32, lanes))
         if dt is DType.bfloat16:
             return self.bf16_to_f32(raw, lanes)
@@ -468,6 +532,8 @@ class FunctionEmitter:
     def to_storage(self, v, dt: DType):
         lanes = v.type.count if isinstance(v.type, ir.VectorType) else 0
         if dt is DType.float16:
+            if self.m.soft_half:
+                return self.f32_to_half(v, lanes)
             return self.b.fptrunc(v, _vec(F16, lanes))
         if dt is DType.bfloat16:
             return self.f32_to_bf16(v, lanes)
@@ -714,8 +780,9 @@ class ModuleEmitter:
     """Owns one llvmlite module: kernels, their outlined tasks, declarations, the model entry."""
 
     def __init__(self, name: str, vector_bits: int, triple: str = "", data_layout: str = "",
-                 vector_math: str = ""):
+                 vector_math: str = "", soft_half: bool = False):
         self.vector_math = vector_math
+        self.soft_half = soft_half  # float16 conversions with integer operations (see f32_to_half)
         self.module = ir.Module(name=name)
         self.module.triple = triple
         self.arch = triple.split("-", 1)[0] if triple else host_arch()  # "x86_64", "aarch64", ...
