@@ -244,3 +244,4 @@ def available_backends() -> dict[str, str]:
 
 def _load_builtin() -> None:
     import ubique.codegen.cpu  # noqa: F401  (registers "llvm-cpu")
+    import ubique.codegen.nvptx  # noqa: F401  (registers "nvptx")

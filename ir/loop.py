@@ -2,9 +2,10 @@
 
 A `Kernel` is a function over buffers (`Buffer`, row-major, rank >= 0) and
 symbolic dimension values (`dims`). Its body is a tree of statements: `For` loops
-with a kind (serial, parallel, vectorized, unrolled), `Store`s, `Let`, `If`,
-`Alloc` (a mutable scalar local) with `Assign`, and `Seq`. Expressions are
-scalars: the codegen decides how many lanes a value has.
+with a kind (serial, parallel, vectorized, unrolled; block and thread on GPU targets),
+`Store`s, `Let`, `If`, `Alloc` (a mutable scalar local) with `Assign`, `Seq`, and on
+GPU targets `Scratch` (a kernel-local buffer in shared or per-thread memory).
+Expressions are scalars: the codegen decides how many lanes a value has.
 
 `Reduce` appears only in op computes (before lowering); lowering turns it into an
 `Alloc` accumulator and serial loops. Expressions compare structurally with
@@ -19,7 +20,8 @@ import numpy as np
 from ubique.ir.dtypes import DType
 
 I64 = DType.int64
-LOOP_KINDS = ("serial", "parallel", "vectorized", "unrolled")
+LOOP_KINDS = ("serial", "parallel", "vectorized", "unrolled", "block", "thread")
+SCRATCH_SCOPES = ("shared", "local")
 REDUCE_KINDS = ("sum", "prod", "max", "min", "argmax", "argmin")
 
 
@@ -185,7 +187,15 @@ class Stmt(Node):
 
 class For(Stmt):
     """A loop over var in [0, extent). `lanes` (vectorized loops only) asks for a vector
-    width; 0 lets the codegen use the target's register width."""
+    width; 0 lets the codegen use the target's register width.
+
+    GPU kinds (codegen/nvptx.py), with the meaning of a serial loop: a "block" loop (the
+    outermost loop of a GPU kernel) spreads its iterations over the thread blocks of the
+    grid; a "thread" loop inside it spreads its iterations over the `lanes` threads of a
+    block. Code in a block loop outside thread loops is run by every thread of the block
+    alike. A thread loop whose whole body is `acc = acc op value` (op: add mul max min) on
+    a local declared outside it is a cross-thread reduction. Consecutive thread loops are
+    separated by barriers, so a thread loop sees everything the ones before it wrote."""
     __slots__ = ("var", "extent", "body", "kind", "lanes")
     _fields = ("var", "extent", "body", "kind", "lanes")
 
@@ -244,6 +254,20 @@ class Seq(Stmt):
         for s in stmts:
             flat.extend(s.stmts if isinstance(s, Seq) else [s])
         self.stmts = tuple(flat)
+
+
+class Scratch(Stmt):
+    """A kernel-local buffer, live in `body`, on GPU targets. scope "shared": one per thread
+    block, read and written by all its threads (between thread loops: see For); "local":
+    one slice per thread, kept in registers where the indices are constant: its first
+    index is always the variable of the enclosing thread loop, whose extent is the block's
+    thread count."""
+    __slots__ = ("buffer", "scope", "body")
+    _fields = ("buffer", "scope", "body")
+
+    def __init__(self, buffer: "Buffer", scope: str, body: Stmt):
+        assert scope in SCRATCH_SCOPES, scope
+        self.buffer, self.scope, self.body = buffer, scope, body
 
 
 class Buffer(Node):
@@ -400,6 +424,7 @@ class Mutator:
         if isinstance(n, If):
             return If(self.visit(n.cond), self.visit(n.then), None if n.else_ is None else self.visit(n.else_))
         if isinstance(n, Seq): return Seq([self.visit(s) for s in n.stmts])
+        if isinstance(n, Scratch): return Scratch(n.buffer, n.scope, self.visit(n.body))
         if isinstance(n, Kernel): return Kernel(n.name, n.params, n.dims, self.visit(n.body))
         raise TypeError(f"unknown loop-IR node {type(n).__name__}")
 

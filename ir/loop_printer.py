@@ -58,6 +58,10 @@ def print_stmt(s: L.Stmt, indent: int = 1) -> list[str]:
         return [f"{pad}var {s.var.name}: {s.var.dtype.short} = {print_expr(s.init)}"] + print_stmt(s.body, indent)
     if isinstance(s, L.Assign):
         return [f"{pad}{s.var.name} = {print_expr(s.value)}"]
+    if isinstance(s, L.Scratch):
+        b = s.buffer
+        return ([f"{pad}{s.scope} {b.name}: {b.dtype.short}[{', '.join(print_expr(d) for d in b.shape)}]"]
+                + print_stmt(s.body, indent))
     if isinstance(s, L.If):
         out = [f"{pad}if {print_expr(s.cond)} {{"] + print_stmt(s.then, indent + 1)
         if s.else_ is not None:

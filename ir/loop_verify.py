@@ -1,4 +1,10 @@
-"""Loop IR verifier: scoping, index ranks, dtypes and loop-kind nesting, with precise messages."""
+"""Loop IR verifier: scoping, index ranks, dtypes and loop-kind nesting, with precise messages.
+
+GPU kernels (block and thread loops, Scratch buffers: see ir/loop.py) are checked for what
+their code generator relies on: one block loop, outermost; thread loops directly in its
+uniform code (not nested in each other), no CPU parallel or vectorized loops inside it;
+assignments from a thread loop to a local declared outside it only as a whole-body
+reduction update; per-thread ("local") scratch indexed first by the thread loop variable."""
 from __future__ import annotations
 
 from ubique.errors import VerifyError
@@ -22,6 +28,12 @@ class _Verifier:
         self.vector_loop = None      # innermost enclosing vectorized loop
         self.vector_outer = set()    # locals declared outside it
         self.parallel_outer = set()  # locals declared outside the enclosing parallel loop
+        self.scratch = {}            # name -> (Buffer, scope) of the Scratch buffers in scope
+        self.depth = 0               # enclosing loops
+        self.block_loops = 0         # block loops seen
+        self.in_block = False
+        self.thread_loop = None      # innermost enclosing thread loop
+        self.thread_outer = set()    # locals declared outside it
 
     def fail(self, msg):
         raise VerifyError(f"kernel {self.k.name}: {msg}")
@@ -44,7 +56,13 @@ class _Verifier:
                 self.fail(f"select needs a bool condition and equal branch dtypes in {e!r}")
 
     def access(self, buf, indices):
-        if buf.name not in self.params or self.params[buf.name] != buf:
+        scratch = self.scratch.get(buf.name)
+        if scratch is not None and scratch[0] == buf:
+            if scratch[1] == "local" and (self.thread_loop is None or not indices
+                                          or indices[0] != self.thread_loop.var):
+                self.fail(f"per-thread scratch buffer {buf.name} must be indexed first by the variable of the "
+                          "enclosing thread loop")
+        elif buf.name not in self.params or self.params[buf.name] != buf:
             self.fail(f"buffer {buf.name!r} is not a parameter of the kernel")
         if len(indices) != len(buf.shape):
             self.fail(f"buffer {buf.name} has rank {len(buf.shape)} but is indexed with {len(indices)} indices")
@@ -62,14 +80,23 @@ class _Verifier:
                 self.fail(f"loop variable {s.var.name!r} shadows another variable")
             if s.kind == "parallel" and (in_vector or in_parallel):
                 self.fail(f"parallel loop {s.var.name} is nested in a parallel or vectorized loop")
-            saved = self.vector_loop, self.vector_outer, self.parallel_outer
+            self.gpu_loop(s)
+            saved = (self.vector_loop, self.vector_outer, self.parallel_outer, self.in_block, self.thread_loop,
+                     self.thread_outer)
             if s.kind == "vectorized" and not in_vector:
                 self.vector_loop, self.vector_outer = s, set(locals_)
             if s.kind == "parallel":
                 self.parallel_outer = set(locals_)
+            if s.kind == "block":
+                self.in_block = True
+            if s.kind == "thread":
+                self.thread_loop, self.thread_outer = s, set(locals_)
+            self.depth += 1
             self.stmt(s.body, scope | {s.var.name}, locals_, in_vector or s.kind == "vectorized",
                       in_parallel or s.kind == "parallel")
-            self.vector_loop, self.vector_outer, self.parallel_outer = saved
+            self.depth -= 1
+            (self.vector_loop, self.vector_outer, self.parallel_outer, self.in_block, self.thread_loop,
+             self.thread_outer) = saved
         elif isinstance(s, L.Store):
             self.access(s.buffer, s.indices)
             for i in s.indices:
@@ -90,6 +117,11 @@ class _Verifier:
             if in_parallel and s.var.name in self.parallel_outer:
                 self.fail(f"{s.var.name} is assigned by every iteration of a parallel loop (a data race); "
                           "declare it inside the loop")
+            if self.thread_loop is not None and s.var.name in self.thread_outer and not (
+                    self.thread_loop.body is s and reduction_update(self.thread_loop) is not None):
+                self.fail(f"{s.var.name} is declared outside thread loop {self.thread_loop.var.name} and assigned "
+                          "inside it; only a loop whose whole body is `acc = acc op value` (op: add mul max min) "
+                          "can reduce across threads")
             if in_vector and s.var.name in self.vector_outer and not (
                     self.vector_loop.body is s and reduction_update(self.vector_loop) is not None):
                 self.fail(f"{s.var.name} is declared outside vectorized loop {self.vector_loop.var.name} and "
@@ -98,6 +130,18 @@ class _Verifier:
             self.expr(s.value, scope)
             if s.value.dtype is not s.var.dtype:
                 self.fail(f"{s.var.name} is {s.var.dtype.short} but is assigned a {s.value.dtype.short} value")
+        elif isinstance(s, L.Scratch):
+            b = s.buffer
+            if b.name in self.params or b.name in self.scratch:
+                self.fail(f"scratch buffer {b.name!r} shadows another buffer")
+            for d in b.shape:
+                if not isinstance(d, L.Const) or d.value < 1:
+                    self.fail(f"scratch buffer {b.name} needs a static shape of positive sizes")
+            if s.scope == "local" and len(b.shape) < 1:
+                self.fail(f"per-thread scratch buffer {b.name} needs a leading thread axis")
+            self.scratch[b.name] = (b, s.scope)
+            self.stmt(s.body, scope, locals_, in_vector, in_parallel)
+            del self.scratch[b.name]
         elif isinstance(s, L.If):
             self.expr(s.cond, scope)
             self.stmt(s.then, scope, locals_, in_vector, in_parallel)
@@ -105,3 +149,21 @@ class _Verifier:
                 self.stmt(s.else_, scope, locals_, in_vector, in_parallel)
         else:
             self.fail(f"unknown statement {type(s).__name__}")
+
+    def gpu_loop(self, s: L.For) -> None:
+        """Nesting rules of the GPU loop kinds."""
+        if s.kind == "block":
+            if self.depth:
+                self.fail(f"block loop {s.var.name} is nested in another loop; it must be the kernel's outermost loop")
+            self.block_loops += 1
+            if self.block_loops > 1:
+                self.fail(f"block loop {s.var.name}: a kernel has at most one block loop")
+        elif s.kind == "thread":
+            if not self.in_block:
+                self.fail(f"thread loop {s.var.name} is not inside a block loop")
+            if self.thread_loop is not None:
+                self.fail(f"thread loop {s.var.name} is nested in thread loop {self.thread_loop.var.name}")
+            if s.lanes < 1:
+                self.fail(f"thread loop {s.var.name} needs its block's thread count (lanes >= 1)")
+        elif s.kind in ("parallel", "vectorized") and self.in_block:
+            self.fail(f"{s.kind} loop {s.var.name} is inside a block loop (GPU kernels use thread loops)")

@@ -47,6 +47,8 @@ def _register_plugin(name: str, obj, where: str) -> None:
 
 def get_device(name: str, target=None) -> Device:
     """The device registered as `name` (not "cpu", which the runtime runs itself)."""
+    if name in ("cuda", "cuda-emulator") and name not in _DEVICES:
+        import ubique.runtime.cuda  # noqa: F401  (registers "cuda" and "cuda-emulator")
     if name not in _DEVICES:
         plugins.load_group("ubique.devices", name)
     if name not in _DEVICES:

@@ -5,6 +5,7 @@ import functools
 from typing import Callable
 
 from ubique.errors import PluginError, UnsupportedOpError
+from ubique.targets import gpu as _gpu
 from ubique.targets import plugins
 from ubique.targets.target import Target, host_arch
 
@@ -125,6 +126,10 @@ def aarch64_target() -> Target:
 
 register("host", host_target, "built-in (this machine)")
 register("aarch64", aarch64_target, "built-in")
+register("cuda", _gpu.cuda_target, "built-in (NVIDIA GPU of this machine; sm_80 where there is none)")
+register("cuda-sm80", _gpu.cuda_sm80_target, "built-in (NVIDIA Ampere and newer)")
+register("cuda-sm90", _gpu.cuda_sm90_target, "built-in (NVIDIA Hopper and newer)")
+register("cuda-emulated", _gpu.cuda_emulated_target, "built-in (the cuda GPU schedules run serially on this CPU)")
 # the host's architecture name names the host too, unless a portable target of that name is registered
 if host_arch() in ("x86_64", "aarch64") and host_arch() not in _FACTORIES:
     register(host_arch(), host_target, "built-in (this machine)")

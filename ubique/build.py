@@ -101,6 +101,10 @@ def compile_program(graph: Graph, target=None, dims: dict | None = None) -> Prog
     program = compile_graph(graph, target, dims=dims)
     _stats["compiled"] += 1
     key = graph_key(graph, target, dims)
+    if target.device != "cpu":  # code for another device (PTX...): nothing to link or cache here
+        report.record("compiled", graph.name, target.name, key, f"compile_program: target {target.name} runs on "
+                      f"device {target.device} (not cached)", program=program, seconds=time.perf_counter() - t0)
+        return program
     t_link = time.perf_counter()
     executable = _store(key, program)
     _remember(key, executable)

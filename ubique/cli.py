@@ -26,10 +26,10 @@ def _targets(args) -> int:
             what = f"{t.triple}, codegen {t.codegen}, device {t.device}"
         except UbiqueError as e:
             what = f"unusable: {e}"
-        print(f"  {name:<10} {what}  [{origin}]")
+        print(f"  {name:<14} {what}  [{origin}]")
     print("backends:")
     for name, origin in available_backends().items():
-        print(f"  {name:<10} [{origin}]")
+        print(f"  {name:<14} [{origin}]")
     for b in plugins.broken():
         print(f"broken plug-in: {b.group} {b.name!r}: {b.where}: {b.reason}")
     return 0
@@ -242,6 +242,11 @@ def _inspect(args) -> int:
         for e in mf.code_entries():
             print(f"code: target {e['target']} ({e['triple']}, cpu={e['cpu']}) key {e['key']} "
                   f"sha256 {e['sha256'][:16]}")
+            if e.get("language") == "ptx":  # GPU code: the PTX text (--ptx: all of it) and its launches
+                from ubique.runtime.cuda import describe_blob
+
+                text = describe_blob(mf.code(e["key"]), full=args.ptx)
+                print("\n".join("  " + line for line in text.splitlines()))
         if not mf.code_entries():
             print("code: none (portable: compiled where it is loaded)")
     else:
@@ -373,6 +378,7 @@ def main(argv=None) -> int:
     inspect = sub.add_parser("inspect", help="show a model's graph IR and the ops it uses")
     inspect.add_argument("model", help="an .onnx or .ubq file")
     inspect.add_argument("--summary", action="store_true", help="inputs, outputs and op counts only")
+    inspect.add_argument("--ptx", action="store_true", help="print the whole PTX text of embedded GPU code")
     inspect.set_defaults(fn=_inspect)
     conf = sub.add_parser("conformance", help="run the generated per-op conformance suite on a target "
                                               "against the host backend and print a pass table", add_help=False)

@@ -112,7 +112,8 @@ class JitFunction:
         graph, structure = self.trace(*args)
         with report.context(f"jit {self.__name__}.lower()"):
             program = _build.compile_program(graph, self.target)
-        self._remember(self._spec(args), (_build.build(graph, self.target), structure))
+        if program.target.device == "cpu":
+            self._remember(self._spec(args), (_build.build(graph, self.target), structure))
         return Lowered(program)
 
     def __call__(self, *args, **kwargs):
@@ -126,13 +127,26 @@ class JitFunction:
         if hit is None:
             graph, structure = self.trace(*args)
             with report.context(report.jit_reason(self, spec)):
-                hit = self._remember(spec, (_build.build(graph, self.target), structure))
+                hit = self._remember(spec, (_runnable(graph, self.target), structure))
         else:
             _build.count_memory_hit()
             report.jit_hit(self, spec, self.target)
         executable, structure = hit
         outs = executable.run(*(a for a in args if _is_array(a)))
         return _unflatten(outs, structure)
+
+
+def _runnable(graph, target):
+    """What runs `graph` on `target`: the cached native Executable for CPU targets, the device's
+    runnable (e.g. runtime/cuda.CudaProgram) for targets of another device."""
+    from ubique.targets.registry import get_target
+
+    t = get_target(target)
+    if t.device == "cpu":
+        return _build.build(graph, t)
+    from ubique.model import compile
+
+    return compile(graph, t)._ex
 
 
 def _flatten(result, tracer):

@@ -64,16 +64,20 @@ def save(graph: Graph, path, targets=(), dims: dict | None = None) -> Path:
         t0 = time.perf_counter()
         program = compile_graph(portable, target, dims=dims)
         t_link = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="ubique-save-") as tmp:
-            obj = Path(tmp) / "module.o"
-            obj.write_bytes(program.obj)
-            library = link_shared_for_target([obj], Path(tmp) / "module.so", target).read_bytes()
+        if target.device == "cpu":
+            with tempfile.TemporaryDirectory(prefix="ubique-save-") as tmp:
+                obj = Path(tmp) / "module.o"
+                obj.write_bytes(program.obj)
+                library = link_shared_for_target([obj], Path(tmp) / "module.so", target).read_bytes()
+        else:  # the device's own form of the code (PTX text and its launch table for "cuda")
+            library = _device(target).code_blob(program)
         report.record("compiled", graph.name, target.name, target.key, f"ub.save: code for target {target.name} "
                       "embedded in the file (always compiled)", program=program, seconds=time.perf_counter() - t0,
                       link=time.perf_counter() - t_link)
         code.append((target.key, library))
         entries.append({"target": target.name, "key": target.key, "triple": target.triple, "cpu": target.cpu,
-                        "features": target.features, "entry": program.entry,
+                        "features": target.features, "device": target.device, "language": program.code.language,
+                        "entry": program.entry,
                         "signature": program.signature.to_json(),
                         "weights": [store(w) for w in program.weights],
                         "workspace_size": program.memory.workspace_size, "contract": program.contract.to_json(),
@@ -130,6 +134,15 @@ def load(path, target=None, dims: dict | None = None):
     mf, graph = open_model(path)
     t = get_target(target)
     entry = next((e for e in mf.code_entries() if e.get("key") == t.key), None)
+    if entry is not None and not dims and t.device != "cpu":  # e.g. embedded PTX, run by the CUDA driver
+        blob = _verified_code(mf, entry)
+        try:
+            runnable = _device(t).load_blob(blob, entry, [mf.tensors[n] for n in entry["weights"]], name=graph.name)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelError(f"{mf.path}: the code entry for {entry.get('target')!r} is malformed: "
+                             f"{type(e).__name__}: {e}") from None
+        report.record("embedded", graph.name, t.name, t.key, f"{path}: sha256 {entry['sha256'][:12]} verified")
+        return Model(graph, runnable, t.name, runnable.signature, runnable.contract)
     if entry is None or dims or not t.runs_natively:
         with report.context(_why_not_embedded(path, mf, graph, t, entry, dims)):
             return compile(graph, t, dims=dims)
@@ -162,18 +175,36 @@ def _why_not_embedded(path, mf, graph: Graph, t, entry, dims) -> str:
     return why
 
 
-def _executable(mf, entry: dict):
-    from ubique.compiler.pipeline import Signature
-    from ubique.runtime.contract import DimContract
-    from ubique.runtime.executable import Executable
-    from ubique.runtime.memory import DynamicMemory
+def _device(target):
+    """The runtime device of a target whose code is not a CPU library; it must be able to
+    embed its code (`code_blob`) and load it back (`load_blob`)."""
+    from ubique.errors import UnsupportedOpError
+    from ubique.runtime.devices import get_device
 
+    device = get_device(target.device, target)
+    if not (hasattr(device, "code_blob") and hasattr(device, "load_blob")):
+        raise UnsupportedOpError(f"device {target.device!r} of target {target.name!r} cannot embed its code in "
+                                 "a .ubq file (it has no code_blob/load_blob)")
+    return device
+
+
+def _verified_code(mf, entry: dict) -> bytes:
     blob = mf.code(entry["key"])  # verified against its sha256 before it is ever loaded
     if blob is None:
         raise ModelError(f"{mf.path}: the manifest lists code for {entry.get('target')!r} but the file has none")
     if hashlib.sha256(blob).hexdigest() != entry.get("sha256"):
         raise ModelError(f"{mf.path}: the code section for {entry.get('target')!r} does not match the sha256 "
                          "its manifest entry records (the file is corrupt)")
+    return blob
+
+
+def _executable(mf, entry: dict):
+    from ubique.compiler.pipeline import Signature
+    from ubique.runtime.contract import DimContract
+    from ubique.runtime.executable import Executable
+    from ubique.runtime.memory import DynamicMemory
+
+    blob = _verified_code(mf, entry)
     try:
         weights = [mf.tensors[n] for n in entry["weights"]]
         with tempfile.TemporaryDirectory(prefix="ubique-load-") as tmp:
