@@ -114,6 +114,32 @@ def test_aarch64_quick_passes():
     assert report.target == "aarch64" and report.reference == host_target().name
 
 
+def _plugin_target(name: str, dist: str, tools: tuple[str, ...]):
+    from importlib import metadata
+
+    try:
+        metadata.distribution(dist)
+    except metadata.PackageNotFoundError:
+        return pytest.param(name, marks=pytest.mark.skip(reason=f"plug-in {dist} not installed (scripts/test.sh "
+                                                                 "installs it from examples/plugins)"))
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        return pytest.param(name, marks=pytest.mark.skip(reason=f"{', '.join(missing)} not installed "
+                                                                 "(scripts/install-system-deps.sh)"))
+    return name
+
+
+@pytest.mark.parametrize("target", [_plugin_target("c", "ubique-c-backend", ()),
+                                    _plugin_target("riscv64", "ubique-riscv", ("qemu-riscv64", "riscv64-linux-gnu-gcc"))])
+def test_the_example_plugins_pass_the_whole_suite(target, capsys):
+    """What `ubique conformance --target c` and `--target riscv64` run: every op, full cases."""
+    from ubique.cli import main
+
+    assert main(["conformance", "--target", target]) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{len(ut.SAMPLES)} ops passed, 0 failed, 0 not covered on target {target}" in out
+
+
 # -- defects are found and attributed to the right op --------------------------------------------
 def test_a_miscompiled_op_fails_and_the_others_pass():
     report = ut.run_conformance(FLIP_EXP, ["exp", "add", "neg", "sum"], quick=True)
