@@ -93,7 +93,8 @@ def reorder(s: L.Stmt, outer_name: str, inner_name: str) -> L.Stmt:
     return _replace_loop(s, outer_name, fn)
 
 
-def _static(e: L.Expr, default: int = 1 << 20) -> int:
+def static_extent(e: L.Expr, default: int = 1 << 20) -> int:
+    """A loop extent's value if it is a constant, else `default` (a symbolic size: taken as large)."""
     return e.value if isinstance(e, L.Const) else default
 
 
@@ -137,7 +138,7 @@ def default_schedule(kernel: L.Kernel, rank: int, work: int, lanes: int, threads
         return L.Kernel(kernel.name, kernel.params, kernel.dims, _vectorize_contiguous_reductions(body, lanes))
     names = [f"i{k}" for k in range(rank)]
     inner = find_loop(body, names[-1])
-    cols = _static(inner.extent)
+    cols = static_extent(inner.extent)
     reduces = any(isinstance(n, L.For) for n in L.walk(inner.body))
     if reduces and not (cols > 1 and _contiguous(inner, names[-1])):
         # the output's last axis reads memory with a stride: vectorize the reduction instead
@@ -146,7 +147,7 @@ def default_schedule(kernel: L.Kernel, rank: int, work: int, lanes: int, threads
             body, cols, reduces = vectorized, 1, False
     parallel_ok = work >= PARALLEL_MIN_WORK and threads > 1
     # (a symbolic row count, such as a batch, is taken to be large)
-    if cols > 1 and reduces and rank >= 2 and _static(find_loop(body, names[-2]).extent) >= ROWS \
+    if cols > 1 and reduces and rank >= 2 and static_extent(find_loop(body, names[-2]).extent) >= ROWS \
             and cols >= lanes:
         return L.Kernel(kernel.name, kernel.params, kernel.dims,
                         simplify_indices(_register_tile(body, names, cols, lanes, threads, parallel_ok,
@@ -160,7 +161,7 @@ def default_schedule(kernel: L.Kernel, rank: int, work: int, lanes: int, threads
         serial_names = names[:-1] if cols > 1 else names  # a vectorized last loop stays inside
         outer_extent = 1
         for n in serial_names:
-            outer_extent *= _static(find_loop(body, n).extent)
+            outer_extent *= static_extent(find_loop(body, n).extent)
         if serial_names and outer_extent >= threads:
             body = _parallel_fused(body, serial_names)
         elif cols >= 2 * lanes * threads:
@@ -183,8 +184,8 @@ def _vectorize_contiguous_reductions(body: L.Stmt, lanes: int) -> L.Stmt:
         upd = f.body.value
         coeffs = {lane_coefficient(linear_index(n.buffer, n.indices), f.var.name, set())
                   for n in L.walk(upd.b) if isinstance(n, L.Load)}
-        if 1 in coeffs and coeffs <= {0, 1} and _static(f.extent) >= lanes:
-            body = vectorize(body, f.var.name, 4 * lanes if _static(f.extent) >= 8 * lanes else 0)
+        if 1 in coeffs and coeffs <= {0, 1} and static_extent(f.extent) >= lanes:
+            body = vectorize(body, f.var.name, 4 * lanes if static_extent(f.extent) >= 8 * lanes else 0)
     return body
 
 
@@ -215,7 +216,7 @@ def _register_tile(body, names, cols, lanes, threads, parallel_ok, accumulators,
     col_o, col_i = col + "_o", col + "_i"
     body = reorder(body, row, col_o)
     body = vectorize(body, col_i, width if width > lanes else 0)
-    extent = _static(find_loop(body, row).extent)
+    extent = static_extent(find_loop(body, row).extent)
     rows = knobs.rows or (tile_rows(extent, width // lanes, accumulators) if width == lanes else ROWS)
     body = peel(body, row, max(1, min(rows, extent)))
     body = reorder(body, row + "_i", col_i)
@@ -223,7 +224,7 @@ def _register_tile(body, names, cols, lanes, threads, parallel_ok, accumulators,
     if parallel_ok:
         batch = 1
         for n in names[:-2]:
-            batch *= _static(find_loop(body, n).extent)
+            batch *= static_extent(find_loop(body, n).extent)
         if names[:-2] and batch >= threads:
             body = _parallel_fused(body, names[:-2])
         else:  # threads share each panel (each keeps a copy in its L2) and split its rows

@@ -23,7 +23,7 @@ import numpy as np
 from ubique.compiler import tuning
 from ubique.compiler.fusion import Group, fuse
 from ubique.compiler.lower import LoweredKernel, lower_group
-from ubique.compiler.schedule import ROWS, TileKnobs, default_schedule, tile_rows
+from ubique.compiler.schedule import ROWS, TileKnobs, default_schedule, static_extent, tile_rows
 from ubique.compiler.symbolic import graph_symbols, make_contract, specialize
 from ubique.errors import UnsupportedOpError
 from ubique.ir import dims as D
@@ -224,15 +224,11 @@ def group_graph(group: Group, name: str = "tune") -> tuple[Graph, list[Value]]:
 
 
 # -- candidates -------------------------------------------------------------------------------
-def _static(e, default=1 << 20) -> int:
-    return e.value if isinstance(e, L.Const) else default
-
-
 def _extents(lk: LoweredKernel) -> tuple[int, int]:
     """(row extent, column extent) of the output's last two axes (symbolic: large)."""
     loops = {n.var.name: n for n in L.walk(lk.kernel.body) if isinstance(n, L.For)}
     r = lk.output.type.rank
-    return _static(loops[f"i{r - 2}"].extent), _static(loops[f"i{r - 1}"].extent)
+    return static_extent(loops[f"i{r - 2}"].extent), static_extent(loops[f"i{r - 1}"].extent)
 
 
 def default_knobs_estimate(lk: LoweredKernel, lanes: int, target: Target) -> TileKnobs:

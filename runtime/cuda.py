@@ -15,7 +15,7 @@ captures the model's kernel launches into a CUDA graph; every run then copies th
 in, replays the graph (one driver call) and copies the outputs out.
 
 `EmulatedCudaDevice` ("cuda-emulator") runs the same GPU-scheduled kernels serially on this
-CPU (codegen/nvptx.serial_form), to check the GPU schedules where there is no GPU.
+CPU (compiler/gpu_schedule.serial_form), to check the GPU schedules where there is no GPU.
 
 Environment: UBIQUE_LIBCUDA names the driver library to load; UBIQUE_CUDA_GRAPHS=0 launches
 kernels one by one instead of replaying a graph; UBIQUE_CUDA_DEVICE picks the GPU (0).
@@ -663,18 +663,19 @@ def program_from_blob(blob: bytes, entry: dict, weights, name: str = "model") ->
 # ---- the emulator ------------------------------------------------------------------------------
 def emulate_program(program):
     """An Executable that runs a cuda Program's GPU-scheduled kernels serially on this CPU: each
-    kernel through codegen/nvptx.serial_form (block and thread loops serial, scratch buffers as
+    kernel through compiler/gpu_schedule.serial_form (block and thread loops serial, scratch buffers as
     extra arguments after the weights), compiled by the host's LLVM backend."""
     import tempfile
     from pathlib import Path
 
     from ubique.codegen.backend import BufferRef, KernelModule, Step, get_backend
-    from ubique.codegen.nvptx import _ptx_name, serial_form
+    from ubique.codegen.nvptx import ptx_name
+    from ubique.compiler.gpu_schedule import serial_form
     from ubique.runtime.executable import Executable, link_program_object
     from ubique.targets.registry import host_target
 
     _check_program(program)
-    kernels = {_ptx_name(lk.kernel.name): lk.kernel for lk in program.kernels}
+    kernels = {ptx_name(lk.kernel.name): lk.kernel for lk in program.kernels}
     num_args = program.code.extras["num_args"]
     serial, steps, scratch_arrays = [], [], []
     for launch in program.code.extras["launches"]:

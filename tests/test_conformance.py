@@ -1,4 +1,4 @@
-"""The conformance kit for backend authors (ubique/testing.py, `ubique conformance --target T`):
+"""The conformance kit for backend authors (ubique/testing/, `ubique conformance --target T`):
 the generated suite passes on the host and (quick) on aarch64 under qemu; a deliberately broken
 backend makes the affected op FAIL while the others pass; a backend that cannot compile an op
 fails that op only (the combined graph is retried op by op); UnsupportedOpError reads as

@@ -1,10 +1,11 @@
-"""The GPU target (targets "cuda", "cuda-sm80", "cuda-sm90"; codegen/nvptx.py, runtime/cuda.py).
+"""The GPU target (targets "cuda", "cuda-sm80", "cuda-sm90"; compiler/gpu_schedule.py,
+codegen/nvptx.py, codegen/cuda_toolkit.py, runtime/cuda.py).
 
 What runs everywhere (no GPU needed):
 * PTX: every op of the registry (the conformance kit's cases) and every test model compile to
   PTX for sm_80 and sm_90, and ptxas assembles it for both (skipped where ptxas is missing);
 * the GPU schedules: the GPU-scheduled loop IR run serially on this CPU (device
-  "cuda-emulator", codegen/nvptx.serial_form) matches numpy / onnxruntime: elementwise,
+  "cuda-emulator", compiler/gpu_schedule.serial_form) matches numpy / onnxruntime: elementwise,
   reductions across threads, shared-memory tiled matmul and convolution (implicit GEMM)
   with every kind of edge tile, symbolic sizes, whole models, a sample of the conformance kit;
 * the GPU loop kinds in the verifier and the printer;
@@ -28,7 +29,8 @@ import numpy as np
 import pytest
 
 import ubique as ub
-from ubique.codegen import nvptx
+from ubique.codegen import cuda_toolkit, nvptx
+from ubique.compiler import gpu_schedule
 from ubique.compiler.pipeline import compile_graph
 from ubique.errors import RuntimeFailure, UnsupportedOpError, VerifyError
 from ubique.ir import loop as L
@@ -52,7 +54,7 @@ def _register() -> None:
 
 
 _register()
-PTXAS = nvptx.find_ptxas()
+PTXAS = cuda_toolkit.find_ptxas()
 needs_ptxas = pytest.mark.skipif(PTXAS is None, reason="ptxas not found (CUDA toolkit or pip nvidia-cuda-nvcc)")
 GPU = cuda.probe_device()
 needs_gpu = pytest.mark.skipif(GPU is None, reason="no CUDA GPU or driver on this machine")
@@ -179,7 +181,7 @@ def test_printer_and_serial_form():
     verify_kernel(k)
     text = print_kernel(k)
     assert "  shared tile: f32[256]\n  block for b in 0..2 {" in text and "thread(256) for t in 0..256 {" in text
-    serial, scratch = nvptx.serial_form(k)
+    serial, scratch = gpu_schedule.serial_form(k)
     assert scratch == [tile] and serial.params[-1] == tile
     assert all(n.kind == "serial" for n in L.walk(serial.body) if isinstance(n, L.For))
     verify_kernel(serial)
@@ -343,9 +345,9 @@ def test_every_op_assembles(all_ops_graph, arch):
     assembles, and the sm_80 PTX also assembles for sm_90 (it runs on newer GPUs)."""
     program = compile_graph(all_ops_graph, ub.targets.get_target(TARGET_OF[arch]))
     assert program.num_kernels > 500
-    nvptx.ptxas_check(program.source, arch)
+    cuda_toolkit.ptxas_check(program.source, arch)
     if arch == "sm_80":
-        nvptx.ptxas_check(program.source, "sm_90")
+        cuda_toolkit.ptxas_check(program.source, "sm_90")
 
 
 def _export_models():
@@ -408,9 +410,9 @@ def test_model_ptx_assembles(models, name):
     graph = ub.import_onnx(models[name][0])
     for arch in ARCHS[:1] if name == "mobilenet_v2" else ARCHS:
         program = compile_graph(graph, ub.targets.get_target(TARGET_OF[arch]))
-        nvptx.ptxas_check(program.source, arch)
+        cuda_toolkit.ptxas_check(program.source, arch)
         if arch == "sm_80":
-            nvptx.ptxas_check(program.source, "sm_90")
+            cuda_toolkit.ptxas_check(program.source, "sm_90")
 
 
 @pytest.mark.parametrize("name", [m for m in MODELS if m != "mobilenet_v2"])  # (its layers: ResNet's and BERT's)
@@ -487,11 +489,11 @@ class _FakeGPU:
         mod = ModuleEmitter("fake_gpu", host.vector_bits, host.triple)
         self.kernels = {}
         for lk in program.kernels:
-            serial, scratch = nvptx.serial_form(lk.kernel)
+            serial, scratch = gpu_schedule.serial_form(lk.kernel)
             mod.add_kernel(serial)
             arrays = [np.zeros(int(np.prod([d.value for d in b.shape])) * b.dtype.itemsize + 8, np.uint8)
                       for b in scratch]
-            self.kernels[nvptx._ptx_name(lk.kernel.name)] = (serial, len(lk.kernel.params), arrays)
+            self.kernels[nvptx.ptx_name(lk.kernel.name)] = (serial, len(lk.kernel.params), arrays)
         so = link_program_object(compile_llvm_ir(str(mod.module), host).obj, tmp_path / "fake_gpu.so")
         native.lib()
         self.dll = ctypes.CDLL(os.fspath(so))
