@@ -28,6 +28,7 @@ from __future__ import annotations
 import abc
 import functools
 import hashlib
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,13 +171,17 @@ def _package_digest(package: str) -> str:
         return "ubique"
     module = sys.modules.get(package)
     path = Path(getattr(module, "__file__", "") or "")
-    files = sorted(path.parent.rglob("*.py")) if path.name == "__init__.py" else [path]
+    files = sorted(path.parent.rglob("*.py")) if path.name == "__init__.py" else [path] if path.is_file() else []
     digest = hashlib.sha256(package.encode())
+    read = 0
     for f in files:
         try:
             digest.update(f.read_bytes())
+            read += 1
         except OSError:
             pass
+    if not read:  # no source to identify it (a notebook, a namespace package): never reuse across processes
+        digest.update(os.urandom(16))
     return digest.hexdigest()[:16]
 
 
@@ -207,14 +212,19 @@ def register_backend(backend, origin: str = "") -> Backend:
         raise PluginError(f"{where}: backend class {type(backend).__qualname__} sets no `name`")
     _BACKENDS[backend.name] = backend
     _ORIGINS[backend.name] = origin or f"registered by {type(backend).__module__}"
+    plugins.note_change()
     return backend
 
 
 @plugins.on_load("ubique.backends")
 def _register_plugin(name: str, obj, where: str) -> None:
-    backend = register_backend(obj, where)
-    if backend.name != name:
-        raise PluginError(f"{where}: the entry point is named {name!r} but the backend's name is {backend.name!r}")
+    declared = getattr(obj, "name", None)
+    if declared != name:
+        raise PluginError(f"{where}: the entry point is named {name!r} but the backend's name is {declared!r}")
+    _load_builtin()
+    if name in _BACKENDS:  # a plug-in never replaces a backend silently
+        raise PluginError(f"{where}: backend name {name!r} is already taken ({_ORIGINS[name]})")
+    register_backend(obj, where)
 
 
 def get_backend(name: str, target: Target | None = None) -> Backend:

@@ -82,13 +82,14 @@ class LLVMCPUBackend(Backend):
         emitter.add_entry(module.entry, steps, module.num_args)
         code = compile_llvm_ir(str(emitter.module), target,
                                [e.source for e in module.externs if e.language == "llvm"])
-        c_sources = [e.source for e in module.externs if e.language == "c"]
-        obj = code.obj
-        if c_sources:
-            from ubique.codegen.externs import C_PRELUDE
-            from ubique.runtime.toolchain import compile_c_object, merge_objects
+        c_kernels = [e for e in module.externs if e.language == "c"]
+        if c_kernels:  # one object each: their static helpers may share names
+            from ubique.codegen.externs import compile_c_kernel
+            from ubique.runtime.toolchain import merge_objects
 
-            obj = merge_objects([obj, compile_c_object(C_PRELUDE + "\n".join(c_sources), target, ("-O3",))], target)
+            obj = merge_objects([code.obj, *(compile_c_kernel(e, target) for e in c_kernels)], target)
+        else:
+            obj = code.obj
         return GeneratedCode("llvm", code.llvm_ir, obj)
 
     def assembly(self, code: GeneratedCode, target: Target) -> str:

@@ -14,12 +14,23 @@ from ubique.errors import PluginError, ToolchainError
 from ubique.targets.target import Target
 
 ABI_SIGNATURE = "int32_t NAME(void *const *args, const int64_t *dims, ubq_ctx *ctx)"
-C_PRELUDE = '#include <stdint.h>\n#include "ubique_runtime.h"\n'
+C_PRELUDE = '#include <stdint.h>\n#include <math.h>\n#include "ubique_runtime.h"\n'
 
 
 def c_abi_check(name: str) -> str:
     """C text that fails to compile unless `name` is defined with the kernel ABI's type."""
     return f"\nubq_entry_fn ubq_abi_check_{name}(void) {{ return {name}; }}\n"
+
+
+def compile_c_kernel(ext: ExternKernel, target: Target) -> bytes:
+    """The object of a hand-written C kernel (-O3), errors naming its origin."""
+    from ubique.runtime.toolchain import compile_c_object
+
+    try:
+        return compile_c_object(C_PRELUDE + ext.source, target, ("-O3",))
+    except ToolchainError as e:
+        raise PluginError(f"{ext.origin}: the C kernel {ext.name!r} does not compile for target {target.name!r}:\n"
+                          f"{str(e).split(chr(10), 2)[-1]}") from None
 
 
 def check_extern(ext: ExternKernel, target: Target) -> None:

@@ -18,12 +18,12 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
-import inspect
 import threading
 from dataclasses import dataclass
 from typing import Callable
 
 from ubique.errors import PluginError, UbiqueError, VerifyError
+from ubique.targets.plugins import code_fingerprint, note_change
 
 GRAPH_PASSES = ("decompose", "fold_scale_into_conv", "block_channels", "pack_matmul_rhs", "fold_constants",
                 "cse", "dce", "copy_outputs")
@@ -56,26 +56,12 @@ class CustomPass:
 
     def fingerprint(self) -> str:
         """Identifies the pass's code (compiled code made with it is cached under it)."""
-        try:
-            text = inspect.getsource(self.fn)
-        except (OSError, TypeError):
-            code = getattr(self.fn, "__code__", None)
-            text = repr((code.co_code, code.co_consts)) if code is not None else repr(self.fn)
-        return hashlib.sha256(f"{self.name}|{self.position}|{self.target}|{text}".encode()).hexdigest()[:16]
+        text = f"{self.name}|{self.position}|{self.target}|{code_fingerprint(self.fn)}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 _lock = threading.Lock()
 _CUSTOM: list[CustomPass] = []
-_changes = [0]  # bumped whenever a custom pass or op is (un)registered: jit caches start over
-
-
-def changes() -> int:
-    """How many times custom passes or ops were (un)registered in this process."""
-    return _changes[0]
-
-
-def note_change() -> None:
-    _changes[0] += 1
 
 
 def register_pass(name: str, fn: Callable, *, after: str | None = None, before: str | None = None,
@@ -97,6 +83,15 @@ def register_pass(name: str, fn: Callable, *, after: str | None = None, before: 
                           f"{', '.join(GRAPH_PASSES + KERNEL_STAGES)} (and 'fusion', the same as 'fuse')")
     if not callable(fn):
         raise PluginError(f"{where}: the pass must be a function, got {type(fn).__name__}")
+    if name in GRAPH_PASSES + KERNEL_STAGES + ("codegen",) or name in ALIASES:
+        raise PluginError(f"{where}: {name!r} names a built-in step of the pipeline; pick another name")
+    if target is not None:
+        from ubique.targets.registry import get_target
+
+        try:
+            target = get_target(target).name  # "host" -> "x86_64"; an unknown name fails here, not silently later
+        except UbiqueError as e:
+            raise PluginError(f"{where}: target={target!r}: {e}") from None
     if anchor == "schedule" and before is not None:
         anchor, after = "fuse", "fuse"  # before scheduling == after lowering
     p = CustomPass(name, fn, anchor, after is not None, target,
@@ -149,7 +144,22 @@ def run_custom(p: CustomPass, ir, target):
         (verify_graph if p.level == "graph" else verify_kernel)(out)
     except VerifyError as e:
         raise PluginError(f"{p.origin} ({p.position}) produced invalid {p.level} IR: {e}") from None
+    changed = _interface_change(ir, out)
+    if changed:
+        raise PluginError(f"{p.origin} ({p.position}) changed the {p.level}'s interface ({changed}); a pass may "
+                          "change how a result is computed, not what goes in and out")
     return out
+
+
+def _interface_change(before, after) -> str:
+    """What a pass changed of what callers rely on: a graph's input and output types; a
+    kernel's name, parameters (the ABI's args, in order) and dims."""
+    if hasattr(before, "params"):
+        sig = lambda k: (k.name, [(b.name, b.dtype, [str(d) for d in b.shape]) for b in k.params],  # noqa: E731
+                         [v.name for v in k.dims])
+        return "" if sig(before) == sig(after) else f"{sig(before)} -> {sig(after)}"
+    types = lambda g: ([str(v.type) for v in g.inputs], [str(v.type) for v in g.outputs])  # noqa: E731
+    return "" if types(before) == types(after) else f"{types(before)} -> {types(after)}"
 
 
 @dataclass

@@ -165,25 +165,27 @@ def _evaluate_constant_graph(sub: Graph) -> list[np.ndarray]:
     from ubique.targets.registry import host_target
     from ubique.runtime.executable import load_program
 
-    return load_program(compile_graph(sub, host_target(), fold=False)).run()
+    # folded values must not depend on plug-ins: no custom passes, no hand-written kernels
+    return load_program(compile_graph(sub, host_target(), fold=False, hand_kernels=False, custom_passes=False)).run()
 
 
 def compile_graph(graph: Graph, target: Target, *, fold: bool = True, name: str = "ubq",
                   threads: int = 0, dims: dict | None = None, knobs: dict | None = None,
-                  dump_after=(), hand_kernels: bool = True) -> Program:
+                  dump_after=(), hand_kernels: bool = True, custom_passes: bool = True) -> Program:
     """Compiles `graph` for `target` with the target's backend (codegen/backend.py). `dims`
     declares symbolic dimensions: an int specialises one, a (lo, hi) pair bounds it (see
     compiler/symbolic.py). `knobs` (kernel signature -> compiler/tuning.TileKnobs) overrides the
     schedule choices and the tuning records (the tuner's candidates); by default recorded
     knobs are used where `ubique tune` stored some. `dump_after` names pipeline steps whose
     IR text is kept in `Program.dumps`. `hand_kernels=False` uses the generated kernel even
-    where an op has a hand-written one for the target (to check one against the other)."""
+    where an op has a hand-written one for the target (to check one against the other);
+    `custom_passes=False` runs the built-in pipeline only."""
     backend = get_backend(target.codegen, target)
     timings: dict[str, float] = {}
     pipe = _Pipeline(timings, set(dump_after) | requested_dumps())
     contract = make_contract(graph, dims)
     g = optimize_graph(specialize(graph, contract.specialized), fold, timings, lanes=backend.layout_lanes(target),
-                       target=target, pipeline=pipe)
+                       target=target if custom_passes else None, pipeline=pipe)
     symbols = [L.Var(s) for s in contract.symbols]  # every kernel reads the same dims array
 
     t_lower = t0 = time.perf_counter()
@@ -197,7 +199,8 @@ def compile_graph(graph: Graph, target: Target, *, fold: bool = True, name: str 
         lk.seconds = time.perf_counter() - t_kernel
         lowered.append(lk)
     pipe.note_kernels("fuse", [lk.kernel for lk in lowered], "kernels", "built-in", time.perf_counter() - t0)
-    _kernel_passes(pipe, "fuse", lowered, target)
+    if custom_passes:
+        _kernel_passes(pipe, "fuse", lowered, target)
 
     t0 = time.perf_counter()
     threads = threads or max(2, target.num_cores or 2)
@@ -208,26 +211,29 @@ def compile_graph(graph: Graph, target: Target, *, fold: bool = True, name: str 
                               target.vector_registers - 4,
                               knobs.get(tuning.kernel_signature(lk.kernel)) if knobs is not None
                               else tuning.lookup(target, lk.kernel))
-        lk.kernel = backend.schedule(lk.kernel, hints, target)
-        verify_kernel(lk.kernel)
+        lk.kernel = _schedule(backend, lk.kernel, hints, target)
         lk.seconds += time.perf_counter() - t_kernel
     pipe.note_kernels("schedule", [lk.kernel for lk in lowered], "kernels", f"backend {backend.name}",
                       time.perf_counter() - t0)
-    _kernel_passes(pipe, "schedule", lowered, target)
+    if custom_passes:
+        _kernel_passes(pipe, "schedule", lowered, target)
     timings["lower"] = time.perf_counter() - t_lower - sum(pipe.timings.get(p.name, 0.0) for p in
                                                            passes_at("fuse", True, target) + passes_at("schedule", True, target))
 
-    # entry arguments: inputs, outputs, then weights (non-scalar constants kernels read)
+    # what each kernel is called with: the lowered kernel's parameters, or for a hand-written
+    # kernel exactly its node's inputs (in order, repeats and scalar constants included)
+    call_inputs = [list(lk.output.node.inputs) if id(lk.output.node) in hand else lk.inputs for lk in lowered]
+    # entry arguments: inputs, outputs, then weights (constants kernels read from memory)
     io: dict[int, int] = {v.id: k for k, v in enumerate(g.inputs)}
     for v in g.outputs:
         io[v.id] = len(io)
     weights: list[np.ndarray] = []
-    for lk in lowered:
-        for v in lk.inputs:
+    for inputs in call_inputs:
+        for v in inputs:
             if v.id not in io and v.node is not None and v.node.op == "constant":
                 io[v.id] = len(io)
                 weights.append(np.ascontiguousarray(v.node.attrs["value"]))
-    steps = [([v.id for v in lk.inputs], lk.output.id) for lk in lowered]
+    steps = [([v.id for v in inputs], lk.output.id) for inputs, lk in zip(call_inputs, lowered)]
     sizes = {lk.output.id: D.mul(D.prod(lk.output.shape), lk.output.dtype.itemsize) for lk in lowered}
     dynamic = None
     if all(isinstance(n, int) for n in sizes.values()):
@@ -247,7 +253,7 @@ def compile_graph(graph: Graph, target: Target, *, fold: bool = True, name: str 
     module = KernelModule(
         name, entry, [lk.kernel for lk in lowered if id(lk.output.node) not in hand], externs,
         [Step(lk.kernel.name, tuple(BufferRef("arg", io[v.id]) if v.id in io else ws_ref(v)
-                                    for v in lk.inputs + [lk.output])) for lk in lowered],
+                                    for v in inputs + [lk.output])) for inputs, lk in zip(call_inputs, lowered)],
         len(io))
     code = _generate(backend, module, target)
     timings["codegen"] = time.perf_counter() - t0
@@ -267,6 +273,23 @@ def _kernel_passes(pipe: _Pipeline, anchor: str, lowered: list[LoweredKernel], t
             lk.kernel = run_custom(p, lk.kernel, target)
         pipe.note_kernels(p.name, [lk.kernel for lk in lowered], "loop", p.origin, time.perf_counter() - t0)
         pipe.timings[p.name] = pipe.timings.get(p.name, 0.0) + time.perf_counter() - t0
+
+
+def _schedule(backend: Backend, kernel: L.Kernel, hints: ScheduleHints, target: Target) -> L.Kernel:
+    where = f"backend {backend.name!r} ({type(backend).__module__})"
+    try:
+        out = backend.schedule(kernel, hints, target)
+    except UbiqueError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- a plug-in's code: say whose
+        raise PluginError(f"{where} failed scheduling kernel {kernel.name}: {type(e).__name__}: {e}") from e
+    if not isinstance(out, L.Kernel):
+        raise PluginError(f"{where}.schedule returned {type(out).__name__}, not a loop-IR Kernel")
+    try:
+        verify_kernel(out)
+    except UbiqueError as e:
+        raise PluginError(f"{where}.schedule produced invalid loop IR for {kernel.name}: {e}") from None
+    return out
 
 
 def _generate(backend: Backend, module: KernelModule, target: Target) -> GeneratedCode:

@@ -37,11 +37,14 @@ def register_device(device, origin: str = "") -> Device:
     if not isinstance(device, Device) or not device.name:
         raise PluginError(f"{where}: {device!r} is not a named ubique.runtime.devices.Device")
     _DEVICES[device.name] = device
+    plugins.note_change()
     return device
 
 
 @plugins.on_load("ubique.devices")
 def _register_plugin(name: str, obj, where: str) -> None:
+    if name in _DEVICES or name == "cpu":  # a plug-in never replaces a device silently
+        raise PluginError(f"{where}: device name {name!r} is already taken")
     register_device(obj, where)
 
 

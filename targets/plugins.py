@@ -14,6 +14,8 @@ other target keeps working.
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
 import threading
 from dataclasses import dataclass
 from importlib import metadata
@@ -99,3 +101,44 @@ def forget() -> None:
     with _lock:
         _loaded.clear()
         _broken.clear()
+
+
+# ---- what changed, and what plug-in code is (for caches) ------------------------------------
+_changes = [0]
+
+
+def changes() -> int:
+    """How many times targets, backends, devices, custom passes or custom ops were
+    (un)registered in this process: a jitted function compiles anew when it moves."""
+    return _changes[0]
+
+
+def note_change() -> None:
+    _changes[0] += 1
+
+
+def code_fingerprint(fn) -> str:
+    """Identifies what a plug-in function does, for compiled-code cache keys: its source (its
+    bytecode where there is none) and the values of the closure variables and globals it reads."""
+    try:
+        text = inspect.getsource(fn)
+    except (OSError, TypeError):
+        code = getattr(fn, "__code__", None)
+        text = repr((code.co_code, code.co_consts)) if code is not None else repr(fn)
+    try:
+        seen = inspect.getclosurevars(fn)
+        for name, value in sorted({**seen.globals, **seen.nonlocals}.items()):
+            text += f"|{name}={_value_text(value)}"
+    except (TypeError, ValueError):
+        pass
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _value_text(value) -> str:
+    if value is None or isinstance(value, (str, bytes, bool, int, float, complex)):
+        return repr(value)
+    if isinstance(value, (tuple, list, frozenset)) and len(value) < 64:
+        return "(" + ",".join(_value_text(v) for v in value) + ")"
+    if hasattr(value, "tobytes") and hasattr(value, "dtype"):  # an array: its bytes
+        return f"{value.dtype}{getattr(value, 'shape', '')}:{hashlib.sha256(value.tobytes()).hexdigest()}"
+    return getattr(value, "__qualname__", type(value).__qualname__)  # functions, modules, objects: by name

@@ -24,6 +24,7 @@ def register(name: str, target: "Target | Callable[[], Target]", origin: str = "
                           f"returning one, got {type(target).__name__}")
     _FACTORIES[name] = target
     _ORIGINS[name] = origin or f"registered at run time by {_caller_module()}"
+    plugins.note_change()
 
 
 def _caller_module() -> str:
@@ -74,6 +75,8 @@ def get_target(spec: "str | Target | None" = None) -> Target:
 
 @plugins.on_load("ubique.targets")
 def _register_plugin(name: str, obj, where: str) -> None:
+    if name in _FACTORIES:  # a plug-in never replaces a target silently
+        raise PluginError(f"{where}: target name {name!r} is already taken ({_ORIGINS[name]})")
     register(name, obj, where)
 
 

@@ -248,6 +248,39 @@ def test_hand_written_c_kernel_is_used_and_matches_the_generated_one():
         op.undefine(name)
 
 
+C_ADD = """int32_t {name}(void *const *args, const int64_t *dims, ubq_ctx *ctx) {{
+    const float *a = (const float *)args[0], *b = (const float *)args[1];
+    float *y = (float *)args[2];
+    for (int64_t i = 0; i < {n}; i++) y[i] = a[i] + b[{b_index}] * 10.0f;
+    return 0;
+}}
+"""
+
+
+def test_hand_kernel_gets_exactly_its_nodes_inputs():
+    """Repeated inputs and scalar constants reach a hand kernel as its node has them (the
+    generated kernel would inline or share them)."""
+    name = fresh()
+
+    @op.define(name)
+    def add10(a, b):
+        return a + b * 10.0
+
+    @add10.kernel(target=host_target().arch, language="c")
+    def _(spec):
+        assert len(spec.inputs) == 2
+        return C_ADD.format(name=spec.name, n=spec.output.size, b_index="0" if spec.inputs[1].size == 1 else "i")
+    try:
+        x = np.random.rand(6, 5).astype(np.float32)
+        for fn, want in ((lambda a: add10(a, a), x * 11), (lambda a: add10(a, np.float32(0.5)), x + 5),
+                         (lambda a: add10(a, a * 2.0) + add10(a, a), x * 21 + x * 11)):
+            (got,), program = run_on(host_target(), fn, x)
+            assert "declare i32 @ubq_k" in program.llvm_ir  # the hand kernel ran
+            assert_close(got, want)
+    finally:
+        op.undefine(name)
+
+
 def test_hand_written_llvm_kernel_is_linked_into_the_module():
     name = fresh()
 
@@ -380,5 +413,65 @@ def test_redefining_an_op_is_not_served_stale_code():
         assert first != second
         assert_close(a, x * 2)
         assert_close(b, x * 3)
+    finally:
+        op.undefine(name)
+
+
+def test_cache_follows_closures_and_kernel_text():
+    """A compute reading a closure variable, and a kernel given as text: changing either
+    compiles anew (the cache key holds their values, not only the function's source)."""
+    x = np.random.rand(5).astype(np.float32)
+    name = fresh()
+    results = []
+    for scale in (5.0, 7.0):
+        op.define(name, replace=True)(lambda v: v * scale)
+        results.append(ub.jit(lambda a: op.get(name)(a))(x))
+    op.undefine(name)
+    assert_close(results[0], x * 5)
+    assert_close(results[1], x * 7)
+    swish = swish_def(name)
+    try:
+        prints = []
+        for constant in ("1.0f", "2.0f"):
+            swish.opdef.kernels.kernels.clear()
+            text = C_SWISH.format(name="{name}", n=6, beta="1.0").replace("x[i] / ", f"{constant} * x[i] / ")
+            swish.kernel(host_target().arch, "c", source=text)
+            prints.append(ub.op.fingerprint(ub.jit(lambda a: swish(a)).trace(x[:6])[0]))
+            got = ub.jit(lambda a: swish(a))(x[:6])
+            assert_close(got, float(constant[:-1]) * swish_ref(x[:6]))
+        assert prints[0] != prints[1]
+    finally:
+        op.undefine(name)
+
+
+C_WITH_HELPER = """static float twice(float v) {{ return 2.0f * v; }}
+int32_t {name}(void *const *args, const int64_t *dims, ubq_ctx *ctx) {{
+    const float *x = (const float *)args[0];
+    float *y = (float *)args[1];
+    for (int64_t i = 0; i < {n}; i++) y[i] = twice(x[i]);
+    return 0;
+}}
+"""
+
+
+def test_two_uses_of_a_c_kernel_with_a_static_helper():
+    name = fresh()
+    twice = op.define(name)(lambda v: v * 2.0)
+    twice.kernel(host_target().arch, "c")(lambda spec: C_WITH_HELPER.format(name=spec.name, n=spec.output.size))
+    try:
+        x = np.random.rand(4, 3).astype(np.float32)
+        (got,), program = run_on(host_target(), lambda a: twice(a) + twice(a * 3.0), x)
+        assert program.llvm_ir.count("declare i32 @ubq_k") == 2
+        assert_close(got, x * 2 + x * 6)
+    finally:
+        op.undefine(name)
+
+
+def test_ptx_hand_kernels_are_refused_clearly():
+    name = fresh()
+    swish = swish_def(name)
+    try:
+        with pytest.raises(ub.PluginError, match="hand-written PTX kernels are not supported yet"):
+            swish.kernel("cuda", "ptx", source=".entry {name}() { ret; }")
     finally:
         op.undefine(name)

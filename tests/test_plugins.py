@@ -80,6 +80,11 @@ def test_plugins_from_entry_points_and_broken_ones(tmp_path):
                "half_target": GOOD_TARGET.replace('name="goodchip"', 'name="halfchip", codegen="half"')})
     make_dist(tmp_path, "wrong-chip", {"ubique.targets": {"wrongchip": "wrong_chip:target"}},
               {"wrong_chip": WRONG_TYPE})
+    make_dist(tmp_path, "usurper", {"ubique.targets": {"x86_64": "good_chip:target", "aarch64": "good_chip:target"},
+                                    "ubique.backends": {"llvm-cpu": "usurper_backend:Usurper"}},
+              {"usurper_backend": "from ubique.codegen.cpu import LLVMCPUBackend\n"
+                                  "class Usurper(LLVMCPUBackend):\n    name = 'llvm-cpu'\n"
+                                  "    def generate(self, module, target):\n        raise RuntimeError('usurped')\n"})
     r = run_python("""
         import numpy as np
         import ubique as ub                               # plug-ins load lazily: nothing breaks here
@@ -100,6 +105,11 @@ def test_plugins_from_entry_points_and_broken_ones(tmp_path):
             else:
                 print("NO ERROR", name)
         print("BROKEN", sorted(b.name for b in plugins.broken()))
+        # names already taken are never replaced: the host and its backend still work
+        assert ub.targets.get_target("aarch64").triple.startswith("aarch64")
+        assert np.allclose(ub.jit(lambda x: x - 1.0)(x), x - 1.0)
+        print("TAKEN", sorted(b.reason.split(" is already taken")[0].split()[-1] for b in plugins.broken()
+                              if "already taken" in b.reason))
     """, tmp_path)
     assert r.returncode == 0, r.stderr
     out = r.stdout
@@ -110,7 +120,8 @@ def test_plugins_from_entry_points_and_broken_ones(tmp_path):
         and "this_module_does_not_exist" in errors["brokenchip"]
     assert "plug-in half-backend 0.1" in errors["halfchip"] and "does not implement generate()" in errors["halfchip"]
     assert "plug-in wrong-chip 0.1" in errors["wrongchip"] and "not a ubique Target" in errors["wrongchip"]
-    assert "BROKEN ['brokenchip', 'half']" in out
+    assert "BROKEN ['aarch64', 'brokenchip', 'half', 'llvm-cpu', 'x86_64']" in out
+    assert "TAKEN [\"'aarch64'\", \"'llvm-cpu'\", \"'x86_64'\"]" in out
 
     # `ubique targets` lists every target with its origin, and the broken plug-ins with why
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
@@ -172,6 +183,19 @@ def test_a_backend_that_fails_or_returns_nonsense_is_named():
         compile_graph(graph, dataclasses.replace(host_target(), name="t2", codegen="noobject"))
 
 
+def test_a_failing_schedule_is_named():
+    class BadSchedule(LLVMCPUBackend):
+        name = "badschedule"
+
+        def schedule(self, kernel, hints, target):
+            return None
+
+    register_backend(BadSchedule)
+    graph = ub.jit(lambda x: x + 1.0).trace(np.ones(3, np.float32))[0]
+    with pytest.raises(ub.PluginError, match=r"backend 'badschedule' .*schedule returned NoneType"):
+        compile_graph(graph, dataclasses.replace(host_target(), name="t3", codegen="badschedule"))
+
+
 def test_a_subclassed_backend_schedule_is_used():
     seen = []
 
@@ -230,7 +254,7 @@ def test_graph_pass_runs_at_its_position_for_its_target(passes):
     x = np.linspace(-1, 1, 8).astype(np.float32)
     graph = ub.jit(lambda a: ub.relu(a) * 2.0).trace(x)[0]
     passes("relu_to_abs", _relu_to_abs, after="decompose")
-    passes("other_target_only", lambda g, t: pytest.fail("ran for the wrong target"), after="cse", target="nochip")
+    passes("other_target_only", lambda g, t: pytest.fail("ran for the wrong target"), after="cse", target="aarch64")
     program = compile_graph(graph, host_target())
     names = [r.name for r in program.passes]
     assert names.index("relu_to_abs") == names.index("decompose") + 1 and "other_target_only" not in names
@@ -243,6 +267,20 @@ def test_graph_pass_runs_at_its_position_for_its_target(passes):
     ub.passes.unregister("relu_to_abs")
     np.testing.assert_allclose(ub.compile(graph).run([x])[0], np.maximum(x, 0) * 2)
     np.testing.assert_allclose(f(x), np.maximum(x, 0) * 2)
+
+
+def test_embedded_code_made_with_other_plugins_is_not_used(passes, tmp_path):
+    from ubique import report
+
+    x = np.linspace(-1, 1, 8).astype(np.float32)
+    graph = ub.jit(lambda a: ub.relu(a) * 2.0).trace(x)[0]
+    passes("relu_to_abs", _relu_to_abs, after="decompose")
+    ub.save(graph, tmp_path / "m.ubq", targets=["host"])
+    np.testing.assert_allclose(ub.load(tmp_path / "m.ubq").run([x])[0], np.abs(x) * 2)  # its own code
+    ub.passes.unregister("relu_to_abs")
+    with report.collect() as events:
+        np.testing.assert_allclose(ub.load(tmp_path / "m.ubq").run([x])[0], np.maximum(x, 0) * 2)
+    assert any(e.kind == "embedded_rejected" and "compiled with other plug-ins" in e.reason for e in events.events)
 
 
 def test_loop_pass_after_fusion_and_after_schedule(passes):
@@ -271,6 +309,10 @@ def test_pass_errors_name_the_pass(passes):
         ub.passes.register("p", lambda g, t: g, after="nowhere")
     with pytest.raises(ub.PluginError, match="exactly one of after= or before="):
         ub.passes.register("p", lambda g, t: g)
+    with pytest.raises(ub.PluginError, match="names a built-in step"):
+        ub.passes.register("cse", lambda g, t: g, after="dce")
+    with pytest.raises(ub.PluginError, match="target='nochip': unknown target"):
+        ub.passes.register("p", lambda g, t: g, after="dce", target="nochip")
     passes("crashes", lambda g, t: 1 / 0, after="dce")
     with pytest.raises(ub.PluginError, match=r"custom pass 'crashes' .*\(after dce\) raised ZeroDivisionError"):
         compile_graph(graph, host_target())
@@ -279,6 +321,14 @@ def test_pass_errors_name_the_pass(passes):
     with pytest.raises(ub.PluginError, match=r"\(before cse\) returned NoneType; a graph pass must return a Graph"):
         compile_graph(graph, host_target())
     ub.passes.unregister("returns_nothing")
+
+    def swaps_params(k, t):
+        return L.Kernel(k.name, list(reversed(k.params)), k.dims, k.body)
+    passes("swaps_params", swaps_params, after="schedule")
+    with pytest.raises(ub.PluginError, match="'swaps_params' .*changed the loop's interface"):
+        compile_graph(ub.jit(lambda a, b: a + b).trace(np.ones(3, np.float32), np.ones(3, np.float32))[0],
+                      host_target())
+    ub.passes.unregister("swaps_params")
 
     def breaks_types(g, t):
         g.nodes[-1].outputs[0].type = dataclasses.replace(g.nodes[-1].outputs[0].type, shape=(99,))
@@ -308,8 +358,12 @@ def test_cli_print_passes_and_dump_after(tmp_path):
         return subprocess.run([sys.executable, "-m", "ubique.cli", *args], env=env, cwd=tmp_path,
                               capture_output=True, text=True, timeout=300)
     r = cli("compile", "m.onnx", "-o", "m.ubq", "--import", "mypasses", "--target", "host,aarch64",
-            "--print-passes", "--dump-after", "count_nodes", "--dump-after", "look")
-    assert r.returncode == 2 and "--dump-after look: no step of that name ran for target x86_64" in r.stderr
+            "--dump-after", "look")
+    assert r.returncode == 0, r.stderr
+    assert "--dump-after look: no step of that name ran for target x86_64" in r.stdout
+    assert "// IR after look (target aarch64)" in r.stdout and "kernel ubq_k0" in r.stdout
+    r = cli("compile", "m.onnx", "-o", "m.ubq", "--dump-after", "nosuchstep")
+    assert r.returncode == 2 and "--dump-after nosuchstep: no step of that name ran for any target" in r.stderr
     r = cli("compile", "m.onnx", "-o", "m.ubq", "--import", "mypasses", "--target", "host,aarch64",
             "--print-passes", "--dump-after", "count_nodes")
     assert r.returncode == 0, r.stderr

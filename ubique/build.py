@@ -76,16 +76,25 @@ def graph_digest(graph: Graph) -> str:
     return hashlib.sha256(dumps(graph, locations=False, store=_array_digest).encode()).hexdigest()
 
 
-def _key(digest: str, target: Target, dims: dict | None, graph: Graph) -> str:
+def plugin_fingerprint(graph: Graph, target: Target) -> str:
+    """Of what plug-ins contribute to `graph`'s code for `target`: the backend, the custom
+    passes and the definitions of the custom ops it uses (they change code without changing
+    ubique's own sources)."""
     from ubique import custom_ops
     from ubique.codegen.backend import get_backend
-    from ubique.compiler import pass_manager, tuning
+    from ubique.compiler import pass_manager
 
-    # tuning records change schedules: code compiled before a tune is not reused after it;
-    # plug-ins (backend, custom passes, custom ops) change code without changing ubique
+    text = (f"{get_backend(target.codegen, target).fingerprint()}|{pass_manager.fingerprint(target)}|"
+            f"{custom_ops.fingerprint(graph)}")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _key(digest: str, target: Target, dims: dict | None, graph: Graph) -> str:
+    from ubique.compiler import tuning
+
+    # tuning records change schedules: code compiled before a tune is not reused after it
     text = (f"{compiler_fingerprint()}|{target.key}|{tuning.records_digest(target)}|"
-            f"{get_backend(target.codegen, target).fingerprint()}|{pass_manager.fingerprint(target)}|"
-            f"{custom_ops.fingerprint(graph)}|{sorted((dims or {}).items())}|{digest}")
+            f"{plugin_fingerprint(graph, target)}|{sorted((dims or {}).items())}|{digest}")
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -180,6 +180,12 @@ def _compile(args) -> int:
         if args.print_passes:
             _print_passes(program)
         _print_dumps(program, dump_after)
+    never = [n for n in dump_after if programs and not any(n in p.dumps for p in programs)]
+    if never:
+        from ubique.errors import UbiqueError
+
+        raise UbiqueError(f"--dump-after {', '.join(never)}: no step of that name ran for any target; the steps: "
+                          + ", ".join(r.name for r in programs[0].passes))
     if args.report:
         _print_report(events, **{"onnx import": t_import})
     return 0
@@ -197,8 +203,9 @@ def _print_dumps(program, names) -> None:
     for name in names:
         if name not in program.dumps:
             ran = ", ".join(r.name for r in program.passes)
-            raise UbiqueError(f"--dump-after {name}: no step of that name ran for target {program.target.name}; "
-                              f"the steps were: {ran}")
+            print(f"\n// --dump-after {name}: no step of that name ran for target {program.target.name} "
+                  f"(the steps: {ran})")
+            continue
         print(f"\n// IR after {name} (target {program.target.name})")
         print(program.dumps[name])
 
@@ -322,7 +329,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="ubique", description="ubique tensor compiler")
     parser.add_argument("--version", action="version", version=f"ubique {ubique.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("targets", help="show the host target and the registered targets").set_defaults(fn=_targets)
+    targets_p = sub.add_parser("targets", help="show the host target, the registered targets and backends")
+    targets_p.set_defaults(fn=_targets)
     cache = sub.add_parser("cache", help="show (or --clear) the compiled-code cache")
     cache.add_argument("--clear", action="store_true")
     cache.set_defaults(fn=_cache)
@@ -383,7 +391,7 @@ def main(argv=None) -> int:
     conf = sub.add_parser("conformance", help="run the generated per-op conformance suite on a target "
                                               "against the host backend and print a pass table", add_help=False)
     conf.set_defaults(fn=None)
-    for p in (comp, build, run, tune_p, inspect):
+    for p in (targets_p, comp, build, run, tune_p, inspect):
         p.add_argument("--import", dest="imports", action="append", metavar="MODULE",
                        help="import MODULE first (it defines custom ops, passes or targets); repeatable")
     args, rest = parser.parse_known_args(argv)

@@ -18,7 +18,7 @@ gives the type/shape rule (default for elementwise: the broadcast shape and the 
 input's dtype, or `dtype=`).
 
 Every target compiles that one definition. A target may also get a hand-written kernel
-(C source, LLVM IR or PTX text) that replaces the generated one there::
+(C source or LLVM IR) that replaces the generated one there::
 
     @my_swish.kernel(target="x86_64", language="c")
     def _(spec):                                # spec: KernelSpec (name, types, attrs)
@@ -41,12 +41,12 @@ import inspect
 from dataclasses import dataclass
 from typing import Callable
 
-from ubique.compiler.pass_manager import note_change
 from ubique.errors import PluginError, UnsupportedOpError
 from ubique.ir import loop as L
 from ubique.ir.dtypes import DType, dtype_of
 from ubique.ir.graph import TensorType
 from ubique.ir.registry import Attr, OpDef, all_ops, broadcast_shapes, get_op, register
+from ubique.targets.plugins import code_fingerprint, note_change
 
 __all__ = ["define", "undefine", "get", "CustomOp", "KernelSpec", "lookup_onnx", "custom_op_names", "fingerprint",
            "exp", "log", "tanh", "sqrt", "erf", "sin", "cos", "abs", "sigmoid", "maximum", "minimum", "where",
@@ -89,9 +89,13 @@ class KernelSpec:
 @dataclass
 class _HandKernel:
     target: str            # a target name or architecture ("x86_64", "aarch64", "c", ...)
-    language: str          # "c", "llvm" or "ptx"
+    language: str          # "c" or "llvm"
     make: Callable         # KernelSpec -> source text
     origin: str
+    text: str | None = None  # the source given as text (`source=`), if it was
+
+    def fingerprint(self) -> str:
+        return f"{self.target}:{self.language}:{self.text if self.text is not None else code_fingerprint(self.make)}"
 
 
 class HandKernels:
@@ -126,7 +130,7 @@ class HandKernels:
         return make
 
     def fingerprint(self) -> str:
-        return ",".join(f"{k.target}:{k.language}:{_source_of(k.make)}" for k in self.kernels)
+        return ",".join(k.fingerprint() for k in self.kernels)
 
 
 class CustomOp:
@@ -148,8 +152,12 @@ class CustomOp:
         """Adds a hand-written kernel for `target` (a target name or architecture). Give
         `source` (text with `{name}` where the function name goes), or decorate a function
         `spec -> source text` (see KernelSpec)."""
-        if language not in ("c", "llvm", "ptx"):
-            raise PluginError(f"op {self.name}: unknown kernel language {language!r} (use 'c', 'llvm' or 'ptx')")
+        if language == "ptx":
+            raise PluginError(f"op {self.name}: hand-written PTX kernels are not supported yet: the nvptx backend "
+                              "would need their launch shape; give the op's compute (it compiles for the GPU) or a "
+                              "'c'/'llvm' kernel for CPU targets")
+        if language not in ("c", "llvm"):
+            raise PluginError(f"op {self.name}: unknown kernel language {language!r} (use 'c' or 'llvm')")
 
         caller = inspect.stack()[1]
         called_at = f"{caller.filename}:{caller.lineno}"
@@ -157,7 +165,7 @@ class CustomOp:
         def add(make):
             where = called_at if source is not None else _where(make)
             origin = f"hand-written {language} kernel of op {self.name!r} for {target} ({where})"
-            self.opdef.kernels.kernels.append(_HandKernel(target, language, make, origin))
+            self.opdef.kernels.kernels.append(_HandKernel(target, language, make, origin, source))
             note_change()
             return make
         if source is not None:
@@ -167,7 +175,7 @@ class CustomOp:
 
     def fingerprint(self) -> str:
         parts = [self.name, repr(sorted(self.opdef.attrs.items())), self.opdef.kind,
-                 *(_source_of(f) for f in self._sources if f is not None), self.opdef.kernels.fingerprint()]
+                 *(code_fingerprint(f) for f in self._sources if f is not None), self.opdef.kernels.fingerprint()]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
     def __repr__(self):
@@ -176,7 +184,7 @@ class CustomOp:
 
 def define(name: str, *, kind: str = "elementwise", infer: Callable | None = None, attrs: dict | None = None,
            num_inputs: int | tuple | None = None, dtype=None, onnx: "str | tuple[str, str] | None" = None,
-           doc: str = ""):
+           doc: str = "", replace: bool = False):
     """Decorator: defines op `name` from its compute (see the module docstring).
 
     attrs       {name: default value or ubique.ir.registry.Attr}; an attribute without a
@@ -185,15 +193,19 @@ def define(name: str, *, kind: str = "elementwise", infer: Callable | None = Non
     num_inputs  input count (default: the compute's positional parameters, elementwise)
     dtype       output dtype of an elementwise op (default: the first input's)
     onnx        "domain::OpType" (or a pair) under which ONNX models use it
+    replace     redefine a custom op of this name (a notebook cell run again)
 
     Raises:
         PluginError: the name is taken, the kind is unknown or no type rule can be made.
     """
     def deco(fn: Callable) -> CustomOp:
         origin = f"custom op {name!r} ({_where(fn)})"
+        if replace and name in _CUSTOM:
+            undefine(name)
         if name in all_ops():
             raise PluginError(f"{origin}: an op named {name!r} is already registered ("
-                              f"{'built-in' if name not in _CUSTOM else _CUSTOM[name].origin}); pick another name")
+                              f"{'built-in' if name not in _CUSTOM else _CUSTOM[name].origin}); pick another name"
+                              + (" (or define(..., replace=True))" if name in _CUSTOM else ""))
         if kind not in ("elementwise", "injective", "reduce"):
             raise PluginError(f"{origin}: kind must be 'elementwise', 'injective' or 'reduce', got {kind!r}")
         specs = {k: v if isinstance(v, Attr) else _attr_of(origin, k, v) for k, v in (attrs or {}).items()}
@@ -275,14 +287,6 @@ def _where(fn) -> str:
         return f"{inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]}"
     except (OSError, TypeError):
         return getattr(fn, "__module__", "?")
-
-
-def _source_of(fn) -> str:
-    try:
-        return inspect.getsource(fn)
-    except (OSError, TypeError):
-        code = getattr(fn, "__code__", None)
-        return repr((code.co_code, code.co_consts)) if code is not None else repr(fn)
 
 
 # ---- lookups for the frontends, the model file and the cache -------------------------------

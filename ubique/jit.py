@@ -10,8 +10,8 @@ import numpy as np
 
 from ubique import build as _build
 from ubique import report
-from ubique.compiler import pass_manager
 from ubique.compiler.pipeline import Program
+from ubique.targets import plugins
 from ubique.compiler.tracer import Tensor, Tracer
 from ubique.errors import DTypeError, TraceError
 from ubique.ir.dtypes import dtype_of
@@ -50,7 +50,7 @@ class JitFunction:
         self._signature = inspect.signature(fn)
         self._params = list(self._signature.parameters)
         self._cache: dict[tuple, tuple] = {}  # spec -> (executable, output structure)
-        self._plugin_changes = pass_manager.changes()
+        self._plugin_changes = plugins.changes()
 
     def _spec(self, args) -> tuple:
         spec = []
@@ -120,9 +120,9 @@ class JitFunction:
         if kwargs:
             args = self._positional(args, kwargs)
         spec = self._spec(args)
-        if self._plugin_changes != pass_manager.changes():  # a custom pass or op changed: compile anew
+        if self._plugin_changes != plugins.changes():  # a target, backend, pass or op changed: compile anew
             self._cache.clear()
-            self._plugin_changes = pass_manager.changes()
+            self._plugin_changes = plugins.changes()
         hit = self._cache.get(spec)
         if hit is None:
             graph, structure = self.trace(*args)

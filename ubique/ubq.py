@@ -35,6 +35,7 @@ def _content_name(a: np.ndarray) -> str:
 def save(graph: Graph, path, targets=(), dims: dict | None = None) -> Path:
     """Writes `graph` to a .ubq file, with precompiled code for each target in `targets`
     (names or Targets; none: a portable file that is compiled where it is loaded)."""
+    from ubique.build import plugin_fingerprint
     from ubique.compiler.pipeline import compile_graph, optimize_graph
     from ubique.custom_ops import custom_op_names
     from ubique.runtime.model_file import write
@@ -77,6 +78,7 @@ def save(graph: Graph, path, targets=(), dims: dict | None = None) -> Path:
         code.append((target.key, library))
         entries.append({"target": target.name, "key": target.key, "triple": target.triple, "cpu": target.cpu,
                         "features": target.features, "device": target.device, "language": program.code.language,
+                        "plugins": plugin_fingerprint(portable, target),
                         "entry": program.entry,
                         "signature": program.signature.to_json(),
                         "weights": [store(w) for w in program.weights],
@@ -131,9 +133,17 @@ def load(path, target=None, dims: dict | None = None):
 
     if is_elf(path):  # a model library built by `ubique build`: run through its C API
         return load_library(path, target, dims)
+    from ubique.build import plugin_fingerprint
+
     mf, graph = open_model(path)
     t = get_target(target)
     entry = next((e for e in mf.code_entries() if e.get("key") == t.key), None)
+    if entry is not None and entry.get("plugins", plugin_fingerprint(graph, t)) != plugin_fingerprint(graph, t):
+        why = (f"{path}: the embedded code for {t.name} was compiled with other plug-ins (backend, custom passes "
+               "or custom ops differ from this process's): compiled here")
+        report.record("embedded_rejected", graph.name, t.name, t.key, why)
+        with report.context(why):
+            return compile(graph, t, dims=dims)
     if entry is not None and not dims and t.device != "cpu":  # e.g. embedded PTX, run by the CUDA driver
         blob = _verified_code(mf, entry)
         try:
