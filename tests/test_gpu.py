@@ -32,28 +32,22 @@ import ubique as ub
 from ubique.codegen import cuda_toolkit, nvptx
 from ubique.compiler import gpu_schedule
 from ubique.compiler.pipeline import compile_graph
-from ubique.errors import RuntimeFailure, UnsupportedOpError, VerifyError
+from ubique.errors import RuntimeFailure, VerifyError
 from ubique.ir import loop as L
 from ubique.ir.dtypes import DType
 from ubique.ir.loop_printer import print_kernel
 from ubique.ir.loop_verify import verify_kernel
 from ubique.runtime import cuda
-from ubique.targets import gpu, registry
+from ubique.targets import gpu
 
 F32 = DType.float32
 
 
-def _register() -> None:
-    """The cuda targets (targets/registry.py registers them; this keeps the tests independent)."""
-    for name, factory in (("cuda", gpu.cuda_target), ("cuda-sm80", gpu.cuda_sm80_target),
-                          ("cuda-sm90", gpu.cuda_sm90_target), ("cuda-emulated", gpu.cuda_emulated_target)):
-        try:
-            registry.get_target(name)
-        except UnsupportedOpError:
-            registry.register(name, factory, "built-in")
-
-
-_register()
+# float math in GPU code comes from the CUDA toolkit's libdevice (codegen/cuda_toolkit.py);
+# without it most models cannot be compiled for the GPU, and these tests have nothing to check
+if cuda_toolkit.find_libdevice() is None:
+    pytest.skip("libdevice.10.bc (CUDA toolkit, or pip nvidia-cuda-nvcc) not found: GPU code generation needs it "
+                "for math functions", allow_module_level=True)
 PTXAS = cuda_toolkit.find_ptxas()
 needs_ptxas = pytest.mark.skipif(PTXAS is None, reason="ptxas not found (CUDA toolkit or pip nvidia-cuda-nvcc)")
 GPU = cuda.probe_device()

@@ -198,8 +198,6 @@ def _print_passes(program) -> None:
 
 
 def _print_dumps(program, names) -> None:
-    from ubique.errors import UbiqueError
-
     for name in names:
         if name not in program.dumps:
             ran = ", ".join(r.name for r in program.passes)
