@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ubique.errors import DTypeError, RuntimeFailure, ShapeError
+from ubique.errors import DTypeError, RuntimeFailure
 from ubique.runtime.devices import Device, register_device
 
 __all__ = ["CudaDevice", "CudaProgram", "Driver", "DeviceInfo", "EmulatedCudaDevice", "driver", "probe_device",
@@ -455,18 +455,9 @@ class CudaProgram:
 
     # -- running --------------------------------------------------------------------------------
     def check_inputs(self, arrays) -> list[np.ndarray]:
-        specs = self._in_specs
-        if len(arrays) != len(specs):
-            raise ShapeError(f"expected {len(specs)} input(s) ({', '.join(s[0] for s in specs)}), got {len(arrays)}")
-        out = []
-        for a, (name, shape, dtype) in zip(arrays, specs):
-            a = np.asarray(a)
-            if a.dtype != dtype:
-                raise DTypeError(f"input {name!r}: expected dtype {dtype}, got {a.dtype}")
-            if not self.symbols and a.shape != shape:
-                raise ShapeError(f"input {name!r}: expected shape {shape}, got {a.shape}")
-            out.append(np.ascontiguousarray(a))
-        return out
+        from ubique.runtime.executable import check_input_arrays
+
+        return check_input_arrays(arrays, self._in_specs, bool(self.symbols))
 
     def _plan(self, inputs) -> _Plan:
         env = {}

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ubique.errors import DTypeError, RuntimeFailure, ShapeError, ToolchainError
+from ubique.errors import RuntimeFailure, ToolchainError
 from ubique.ir.dims import evaluate
 from ubique.runtime.cache import cache_root
 from ubique.runtime.contract import bind
@@ -137,18 +137,9 @@ class EmulatedProgram:
         return [np.fromfile(path, dtype).reshape(shape) for path, shape, dtype in outputs]
 
     def _check(self, arrays) -> list[np.ndarray]:
-        specs = self._in_specs
-        if len(arrays) != len(specs):
-            raise ShapeError(f"expected {len(specs)} input(s) ({', '.join(s[0] for s in specs)}), got {len(arrays)}")
-        out = []
-        for a, (name, shape, dtype) in zip(arrays, specs):
-            a = np.asarray(a)
-            if a.dtype != dtype:
-                raise DTypeError(f"input {name!r}: expected dtype {dtype}, got {a.dtype}")
-            if not self.program.contract.symbols and a.shape != shape:
-                raise ShapeError(f"input {name!r}: expected shape {shape}, got {a.shape}")
-            out.append(np.ascontiguousarray(a))
-        return out
+        from ubique.runtime.executable import check_input_arrays
+
+        return check_input_arrays(arrays, self._in_specs, bool(self.program.contract.symbols))
 
     def _where(self) -> str:
         how = f" under {Path(self._prefix[0]).name}" if self._prefix else ""

@@ -61,21 +61,7 @@ class Executable:
 
     def check_inputs(self, arrays) -> list[np.ndarray]:
         """Validates count, dtype and shape; returns C-contiguous arrays."""
-        specs = self._in_specs
-        if len(arrays) != len(specs):
-            raise ShapeError(f"expected {len(specs)} input(s) ({', '.join(s[0] for s in specs)}), got {len(arrays)}")
-        out = []
-        for a, (name, shape, dtype) in zip(arrays, specs):
-            if type(a) is not np.ndarray:
-                a = np.asarray(a)
-            if a.dtype != dtype and not a.dtype.isnative and a.dtype.newbyteorder("=") == dtype:
-                a = a.astype(dtype)  # same values, native byte order
-            if a.dtype != dtype:
-                raise DTypeError(f"input {name!r}: expected dtype {dtype}, got {a.dtype}")
-            if a.shape != shape and not self._symbolic:
-                raise ShapeError(f"input {name!r}: expected shape {shape}, got {a.shape}")
-            out.append(a if a.flags.c_contiguous else np.ascontiguousarray(a))
-        return out
+        return check_input_arrays(arrays, self._in_specs, self._symbolic)
 
     def run(self, *arrays) -> list[np.ndarray]:
         """Runs the graph on numpy inputs (validated first); returns new output arrays."""
@@ -122,6 +108,26 @@ class Executable:
                     self._plans.pop(next(iter(self._plans)))
                 self._plans[values] = plan
         return plan
+
+
+def check_input_arrays(arrays, specs, symbolic: bool) -> list[np.ndarray]:
+    """Checks model inputs against `specs` [(name, shape, numpy dtype)]: count, dtype, and
+    shape unless sizes are `symbolic` (the contract checks those); returns C-contiguous
+    arrays in native byte order. Every runtime device validates its inputs with it."""
+    if len(arrays) != len(specs):
+        raise ShapeError(f"expected {len(specs)} input(s) ({', '.join(s[0] for s in specs)}), got {len(arrays)}")
+    out = []
+    for a, (name, shape, dtype) in zip(arrays, specs):
+        if type(a) is not np.ndarray:
+            a = np.asarray(a)
+        if a.dtype != dtype and not a.dtype.isnative and a.dtype.newbyteorder("=") == dtype:
+            a = a.astype(dtype)  # same values, native byte order
+        if a.dtype != dtype:
+            raise DTypeError(f"input {name!r}: expected dtype {dtype}, got {a.dtype}")
+        if a.shape != shape and not symbolic:
+            raise ShapeError(f"input {name!r}: expected shape {shape}, got {a.shape}")
+        out.append(a if a.flags.c_contiguous else np.ascontiguousarray(a))
+    return out
 
 
 def _dlclose(handle: int) -> None:
