@@ -475,3 +475,19 @@ def test_ptx_hand_kernels_are_refused_clearly():
             swish.kernel("cuda", "ptx", source=".entry {name}() { ret; }")
     finally:
         op.undefine(name)
+
+
+def test_dtypes_a_compute_cannot_take_are_named():
+    name, name2 = fresh(), fresh()
+    swish = swish_def(name)                      # x * sigmoid(x * beta): beta is a float
+    strict = op.define(name2, dtypes=("f32", "f64"))(lambda x: x * 2.0)
+    try:
+        ints = np.arange(6, dtype=np.int32)
+        with pytest.raises(ub.DTypeError, match=f"custom op '{name}'.*inputs of dtype i32.*mixes i32 and f64"):
+            ub.jit(lambda a: swish(a))(ints)
+        with pytest.raises(ub.DTypeError, match=f"{name2}: takes f32, f64 inputs, got i32"):
+            ub.jit(lambda a: strict(a))(ints)
+        assert_close(ub.jit(lambda a: strict(a))(ints.astype(np.float64)), ints * 2.0)
+    finally:
+        op.undefine(name)
+        op.undefine(name2)

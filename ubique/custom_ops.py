@@ -184,7 +184,7 @@ class CustomOp:
 
 def define(name: str, *, kind: str = "elementwise", infer: Callable | None = None, attrs: dict | None = None,
            num_inputs: int | tuple | None = None, dtype=None, onnx: "str | tuple[str, str] | None" = None,
-           doc: str = "", replace: bool = False):
+           doc: str = "", replace: bool = False, dtypes=None):
     """Decorator: defines op `name` from its compute (see the module docstring).
 
     attrs       {name: default value or ubique.ir.registry.Attr}; an attribute without a
@@ -194,6 +194,8 @@ def define(name: str, *, kind: str = "elementwise", infer: Callable | None = Non
     dtype       output dtype of an elementwise op (default: the first input's)
     onnx        "domain::OpType" (or a pair) under which ONNX models use it
     replace     redefine a custom op of this name (a notebook cell run again)
+    dtypes      input dtypes the op takes (e.g. ("f32", "f64", "f16", "bf16")); others are a
+                DTypeError naming them. Default: any dtype the compute handles
 
     Raises:
         PluginError: the name is taken, the kind is unknown or no type rule can be made.
@@ -220,6 +222,8 @@ def define(name: str, *, kind: str = "elementwise", infer: Callable | None = Non
                 raise PluginError(f"{origin}: a {kind} op needs infer= (its type/shape rule)")
             arity = num_inputs if num_inputs is not None else 1
             compute, rule = fn, infer
+        if dtypes is not None:
+            rule = _accepting(name, tuple(dtype_of(d) for d in dtypes), rule)
         opdef = OpDef(name, kind, _as_list(rule), attrs=specs, compute=compute, num_inputs=arity,
                       doc=doc or (fn.__doc__ or "").strip())
         opdef.kernels = HandKernels(name)
@@ -248,8 +252,26 @@ def _elementwise_compute(fn: Callable, origin: str) -> Callable:
             raise PluginError(f"{origin}: its compute raised {type(e).__name__}: {e}") from e
         if not isinstance(value, L.Expr):
             value = L.as_expr(value, work)
+        for n in L.walk(value):  # e.g. a Python float met an integer input
+            if isinstance(n, (L.Binary, L.Compare)) and n.a.dtype is not n.b.dtype:
+                from ubique.errors import DTypeError
+
+                raise DTypeError(f"{origin}: for inputs of dtype {', '.join(t.dtype.short for t in ctx.in_types)} "
+                                 f"its compute mixes {n.a.dtype.short} and {n.b.dtype.short} in `{n.op}`; cast "
+                                 "(ub.op.cast) or declare the dtypes it takes: define(..., dtypes=(...))")
         return L.cast(out, value)
     return compute
+
+
+def _accepting(name: str, dtypes: tuple, rule: Callable) -> Callable:
+    def infer(types, attrs):
+        bad = [t.dtype.short for t in types if t.dtype not in dtypes]
+        if bad:
+            from ubique.errors import DTypeError
+
+            raise DTypeError(f"{name}: takes {', '.join(d.short for d in dtypes)} inputs, got {', '.join(bad)}")
+        return rule(types, attrs)
+    return infer
 
 
 def _elementwise_infer(name: str, dtype) -> Callable:
