@@ -190,6 +190,8 @@ def _package_digest(package: str) -> str:
 _BACKENDS: dict[str, Backend] = {}
 _ORIGINS: dict[str, str] = {}
 
+plugins.undoable_dicts(_BACKENDS, _ORIGINS)  # a broken plug-in's registrations are taken back
+
 
 def register_backend(backend, origin: str = "") -> Backend:
     """Registers a Backend (an instance or a class) under its `name`; returns the instance.

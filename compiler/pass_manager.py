@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ubique.errors import PluginError, UbiqueError, VerifyError
+from ubique.targets import plugins
 from ubique.targets.plugins import code_fingerprint, note_change
 
 GRAPH_PASSES = ("decompose", "fold_scale_into_conv", "block_channels", "pack_matmul_rhs", "fold_constants",
@@ -62,6 +63,14 @@ class CustomPass:
 
 _lock = threading.Lock()
 _CUSTOM: list[CustomPass] = []
+
+
+def _restore(state) -> None:
+    with _lock:
+        _CUSTOM[:] = state
+
+
+plugins.undoable(lambda: list(_CUSTOM), _restore)
 
 
 def register_pass(name: str, fn: Callable, *, after: str | None = None, before: str | None = None,

@@ -25,6 +25,8 @@ class Device(abc.ABC):
 
 _DEVICES: dict[str, Device] = {}
 
+plugins.undoable_dicts(_DEVICES)  # a broken plug-in's registrations are taken back
+
 
 def register_device(device, origin: str = "") -> Device:
     where = origin or getattr(device, "__module__", "?")

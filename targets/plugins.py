@@ -41,6 +41,22 @@ _lock = threading.RLock()
 _loaded: set[tuple[str, str]] = set()       # (group, entry-point name) already tried
 _broken: dict[tuple[str, str], Broken] = {}
 _handlers = {}                               # group -> fn(name, obj, where): registers obj
+_registries: list = []                       # (snapshot(), restore(state)) of every registry
+
+
+def undoable(snapshot, restore) -> None:
+    """Declares a registry a plug-in may add to while it loads (targets, backends, devices,
+    passes, ops): what a plug-in registered before failing is taken back."""
+    _registries.append((snapshot, restore))
+
+
+def undoable_dicts(*registries: dict) -> None:
+    """`undoable` for registries that are dicts."""
+    def restore(state):
+        for registry, saved in zip(registries, state):
+            registry.clear()
+            registry.update(saved)
+    undoable(lambda: [dict(r) for r in registries], restore)
 
 
 def on_load(group: str):
@@ -70,19 +86,29 @@ def load_group(group: str, name: str | None = None) -> None:
                 continue
             _loaded.add((group, ep.name))
             where = describe(ep)
+            saved = [(restore, snapshot()) for snapshot, restore in _registries]
             try:
                 obj = ep.load()
             except Exception as e:  # noqa: BLE001 -- any failure of foreign code is reported, not raised
                 _broken[(group, ep.name)] = Broken(group, ep.name, where, f"importing it raised "
                                                    f"{type(e).__name__}: {e}")
+                _take_back(saved)
                 continue
             try:
                 _handlers[group](ep.name, obj, where)
             except Exception as e:  # noqa: BLE001
                 reason = str(e) if isinstance(e, PluginError) else f"{type(e).__name__}: {e}"
                 _broken[(group, ep.name)] = Broken(group, ep.name, where, reason.removeprefix(where + ": "))
+                _take_back(saved)
         if name is not None and (group, name) in _broken:
             raise _broken[(group, name)].error()
+
+
+def _take_back(saved) -> None:
+    """A broken plug-in leaves nothing registered: every registry goes back to before it."""
+    for restore, state in saved:
+        restore(state)
+    note_change()
 
 
 def broken() -> list[Broken]:

@@ -12,6 +12,8 @@ from ubique.targets.target import Target, host_arch
 _FACTORIES: dict[str, Callable[[], Target]] = {}
 _ORIGINS: dict[str, str] = {}
 
+plugins.undoable_dicts(_FACTORIES, _ORIGINS)  # a broken plug-in's registrations are taken back
+
 
 def register(name: str, target: "Target | Callable[[], Target]", origin: str = "") -> None:
     """Registers a target under `name`: a Target, or a factory returning one (so detection

@@ -80,6 +80,11 @@ def test_plugins_from_entry_points_and_broken_ones(tmp_path):
                "half_target": GOOD_TARGET.replace('name="goodchip"', 'name="halfchip", codegen="half"')})
     make_dist(tmp_path, "wrong-chip", {"ubique.targets": {"wrongchip": "wrong_chip:target"}},
               {"wrong_chip": WRONG_TYPE})
+    make_dist(tmp_path, "halfway", {"ubique.targets": {"halfwaychip": "halfway_chip:target"}},
+              {"halfway_chip": "import ubique as ub\n"
+                               "ub.passes.register('halfway_pass', lambda g, t: 1 / 0, after='cse')\n"
+                               "ub.targets.register('halfway-extra', ub.targets.host_target())\n"
+                               "raise RuntimeError('half-way through')\n"})
     make_dist(tmp_path, "usurper", {"ubique.targets": {"x86_64": "good_chip:target", "aarch64": "good_chip:target"},
                                     "ubique.backends": {"llvm-cpu": "usurper_backend:Usurper"}},
               {"usurper_backend": "from ubique.codegen.cpu import LLVMCPUBackend\n"
@@ -105,6 +110,9 @@ def test_plugins_from_entry_points_and_broken_ones(tmp_path):
             else:
                 print("NO ERROR", name)
         print("BROKEN", sorted(b.name for b in plugins.broken()))
+        # what a broken plug-in registered before failing is taken back
+        assert "halfway-extra" not in ub.targets.available()
+        assert not [p for p in ub.passes.custom_passes() if p.name == "halfway_pass"]
         # names already taken are never replaced: the host and its backend still work
         assert ub.targets.get_target("aarch64").triple.startswith("aarch64")
         assert np.allclose(ub.jit(lambda x: x - 1.0)(x), x - 1.0)
@@ -120,7 +128,7 @@ def test_plugins_from_entry_points_and_broken_ones(tmp_path):
         and "this_module_does_not_exist" in errors["brokenchip"]
     assert "plug-in half-backend 0.1" in errors["halfchip"] and "does not implement generate()" in errors["halfchip"]
     assert "plug-in wrong-chip 0.1" in errors["wrongchip"] and "not a ubique Target" in errors["wrongchip"]
-    assert "BROKEN ['aarch64', 'brokenchip', 'half', 'llvm-cpu', 'x86_64']" in out
+    assert "BROKEN ['aarch64', 'brokenchip', 'half', 'halfwaychip', 'llvm-cpu', 'x86_64']" in out
     assert "TAKEN [\"'aarch64'\", \"'llvm-cpu'\", \"'x86_64'\"]" in out
 
     # `ubique targets` lists every target with its origin, and the broken plug-ins with why

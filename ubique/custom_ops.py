@@ -46,6 +46,7 @@ from ubique.ir import loop as L
 from ubique.ir.dtypes import DType, dtype_of
 from ubique.ir.graph import TensorType
 from ubique.ir.registry import Attr, OpDef, all_ops, broadcast_shapes, get_op, register
+from ubique.targets import plugins
 from ubique.targets.plugins import code_fingerprint, note_change
 
 __all__ = ["define", "undefine", "get", "CustomOp", "KernelSpec", "lookup_onnx", "custom_op_names", "fingerprint",
@@ -54,6 +55,17 @@ __all__ = ["define", "undefine", "get", "CustomOp", "KernelSpec", "lookup_onnx",
 
 _ONNX: dict[tuple[str, str], str] = {}       # (domain, op_type) -> op name
 _CUSTOM: dict[str, "CustomOp"] = {}
+
+
+def _restore(state) -> None:
+    ops, onnx = state
+    for name in [n for n in _CUSTOM if n not in ops]:
+        undefine(name)
+    _ONNX.clear()
+    _ONNX.update(onnx)
+
+
+plugins.undoable(lambda: (dict(_CUSTOM), dict(_ONNX)), _restore)
 
 
 # ---- the expression language, for computes -------------------------------------------------
