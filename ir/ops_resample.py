@@ -195,13 +195,6 @@ def _cubic_weights(r: L.Expr, a: float) -> list:
             ((a * u - 5 * a) * u + 8 * a) * u - 4 * a]
 
 
-def _round_half_even(v: L.Expr) -> L.Expr:
-    f = L.call("floor", v)
-    diff = v - f
-    f_even = (f - L.call("floor", f * 0.5) * 2.0).eq(0.0)
-    return L.select(diff.gt(0.5), f + 1.0, L.select(diff.lt(0.5), f, L.select(f_even, f, f + 1.0)))
-
-
 def _resize_compute(ctx, idx):
     x = ctx.in_types[0]
     a = ctx.attrs
@@ -267,7 +260,8 @@ def _resize_compute(ctx, idx):
         total = term if total is None else total + term
     if out_d.is_float:
         return L.cast(out_d, total)
-    return L.cast(out_d, _round_half_even(total))  # the reference rounds, then saturates
+    # the reference rounds half to even, then saturates (one intrinsic: the sum is not repeated)
+    return L.cast(out_d, L.call("roundeven", total))
 
 
 register(OpDef("resize", "reduce", _resize_infer,

@@ -336,10 +336,6 @@ def _resize(d):
     ])
     if d.dtype == "bool" and attrs["mode"] != "nearest":
         attrs = {"mode": "nearest"}
-    elif d.dtype not in _FLOATS and attrs.get("exclude_outside"):
-        # integer cubic with exclude_outside compiles for ~20 s (the rounding repeats the
-        # weighted sum's expression tree): another coordinate mode instead
-        attrs = {"mode": "linear", "coordinate_transformation_mode": "half_pixel_symmetric"}
     return [d.x((1, 2, 4, 5), ints=(-50, 50))], {"sizes": sizes, **attrs}
 
 
