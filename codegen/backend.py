@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import importlib
 import hashlib
 import os
 import sys
@@ -223,7 +224,7 @@ def _register_plugin(name: str, obj, where: str) -> None:
     declared = getattr(obj, "name", None)
     if declared != name:
         raise PluginError(f"{where}: the entry point is named {name!r} but the backend's name is {declared!r}")
-    _load_builtin()
+    _load_builtin(name)
     if name in _BACKENDS:  # a plug-in never replaces a backend silently
         raise PluginError(f"{where}: backend name {name!r} is already taken ({_ORIGINS[name]})")
     register_backend(obj, where)
@@ -236,7 +237,7 @@ def get_backend(name: str, target: Target | None = None) -> Backend:
         UnsupportedOpError: no backend of that name (lists the registered ones).
         PluginError: the plug-in that provides it is broken.
     """
-    _load_builtin()
+    _load_builtin(name)
     if name not in _BACKENDS:
         plugins.load_group("ubique.backends", name)
     if name not in _BACKENDS:
@@ -249,11 +250,16 @@ def get_backend(name: str, target: Target | None = None) -> Backend:
 
 def available_backends() -> dict[str, str]:
     """Registered backend names -> where each came from."""
-    _load_builtin()
+    for name in BUILTIN:
+        _load_builtin(name)
     plugins.load_group("ubique.backends")
     return dict(sorted(_ORIGINS.items()))
 
 
-def _load_builtin() -> None:
-    import ubique.codegen.cpu  # noqa: F401  (registers "llvm-cpu")
-    import ubique.codegen.nvptx  # noqa: F401  (registers "nvptx")
+# built-in backends, imported when first asked for (a CPU compile never loads the GPU backend)
+BUILTIN = {"llvm-cpu": "ubique.codegen.cpu", "nvptx": "ubique.codegen.nvptx"}
+
+
+def _load_builtin(name: str) -> None:
+    if name in BUILTIN and name not in _BACKENDS:
+        importlib.import_module(BUILTIN[name])

@@ -7,6 +7,7 @@ origin and quotes what the tool said, instead of a crash at run time.
 """
 from __future__ import annotations
 
+import functools
 import re
 
 from ubique.codegen.backend import ExternKernel
@@ -22,29 +23,25 @@ def c_abi_check(name: str) -> str:
     return f"\nubq_entry_fn ubq_abi_check_{name}(void) {{ return {name}; }}\n"
 
 
+@functools.lru_cache(maxsize=64)
 def compile_c_kernel(ext: ExternKernel, target: Target) -> bytes:
-    """The object of a hand-written C kernel (-O3), errors naming its origin."""
+    """The object of a hand-written C kernel (-O3), compiled once with the ABI check in it:
+    the check (check_extern) and the backend that links the kernel share this compile."""
     from ubique.runtime.toolchain import compile_c_object
 
     try:
-        return compile_c_object(C_PRELUDE + ext.source, target, ("-O3",))
+        return compile_c_object(C_PRELUDE + ext.source + c_abi_check(ext.name), target,
+                                ("-O3", "-Werror=incompatible-pointer-types", "-Werror=implicit-function-declaration"))
     except ToolchainError as e:
-        raise PluginError(f"{ext.origin}: the C kernel {ext.name!r} does not compile for target {target.name!r}:\n"
-                          f"{str(e).split(chr(10), 2)[-1]}") from None
+        raise PluginError(f"{ext.origin}: the C kernel {ext.name!r} for target {target.name!r} does not "
+                          f"compile as a kernel of the ABI signature {ABI_SIGNATURE.replace('NAME', ext.name)}"
+                          f"\n{str(e).split(chr(10), 2)[-1]}") from None
 
 
 def check_extern(ext: ExternKernel, target: Target) -> None:
     """Raises PluginError naming `ext.origin` if the kernel does not honour the ABI."""
     if ext.language == "c":
-        from ubique.runtime.toolchain import compile_c_object
-
-        try:
-            compile_c_object(C_PRELUDE + ext.source + c_abi_check(ext.name), target,
-                             ("-O0", "-Werror=incompatible-pointer-types", "-Werror=implicit-function-declaration"))
-        except ToolchainError as e:
-            raise PluginError(f"{ext.origin}: the C kernel {ext.name!r} for target {target.name!r} does not "
-                              f"compile as a kernel of the ABI signature {ABI_SIGNATURE.replace('NAME', ext.name)}"
-                              f"\n{str(e).split(chr(10), 2)[-1]}") from None
+        compile_c_kernel(ext, target)
     elif ext.language == "llvm":
         _check_llvm(ext, target)
     elif ext.language == "ptx":

@@ -10,6 +10,7 @@ the `ubique.devices` entry-point group (name = a Device subclass or instance).
 from __future__ import annotations
 
 import abc
+import importlib
 
 from ubique.errors import PluginError, UnsupportedOpError
 from ubique.targets import plugins
@@ -43,8 +44,18 @@ def register_device(device, origin: str = "") -> Device:
     return device
 
 
+# built-in devices, imported when first asked for
+BUILTIN = {"cuda": "ubique.runtime.cuda", "cuda-emulator": "ubique.runtime.cuda"}
+
+
+def _load_builtin(name: str) -> None:
+    if name in BUILTIN and name not in _DEVICES:
+        importlib.import_module(BUILTIN[name])
+
+
 @plugins.on_load("ubique.devices")
 def _register_plugin(name: str, obj, where: str) -> None:
+    _load_builtin(name)
     if name in _DEVICES or name == "cpu":  # a plug-in never replaces a device silently
         raise PluginError(f"{where}: device name {name!r} is already taken")
     register_device(obj, where)
@@ -52,8 +63,7 @@ def _register_plugin(name: str, obj, where: str) -> None:
 
 def get_device(name: str, target=None) -> Device:
     """The device registered as `name` (not "cpu", which the runtime runs itself)."""
-    if name in ("cuda", "cuda-emulator") and name not in _DEVICES:
-        import ubique.runtime.cuda  # noqa: F401  (registers "cuda" and "cuda-emulator")
+    _load_builtin(name)
     if name not in _DEVICES:
         plugins.load_group("ubique.devices", name)
     if name not in _DEVICES:

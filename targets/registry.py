@@ -32,10 +32,12 @@ def register(name: str, target: "Target | Callable[[], Target]", origin: str = "
 def _caller_module() -> str:
     import inspect
 
-    for frame in inspect.stack()[2:]:
-        module = frame.frame.f_globals.get("__name__", "?")
+    frame = inspect.currentframe()  # (not inspect.stack(): it reads every frame's source)
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "?")
         if module != __name__:
             return module
+        frame = frame.f_back
     return "?"
 
 

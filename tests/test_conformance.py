@@ -91,6 +91,8 @@ def _builtin(report):
 
 
 def test_host_passes_every_op(host_report):
+    """The host against itself: not a numerical check (the other targets' tests are) but of
+    the kit: every registry op has a row, samples in every dtype it takes, and they compile and run."""
     report = host_report
     assert [r.op for r in report.rows] == list(all_ops())  # every registry op is a row, in order
     bad = [r for r in _builtin(report) if r.status != "pass"]

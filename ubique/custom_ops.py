@@ -171,8 +171,8 @@ class CustomOp:
         if language not in ("c", "llvm"):
             raise PluginError(f"op {self.name}: unknown kernel language {language!r} (use 'c' or 'llvm')")
 
-        caller = inspect.stack()[1]
-        called_at = f"{caller.filename}:{caller.lineno}"
+        caller = inspect.currentframe().f_back
+        called_at = f"{caller.f_code.co_filename}:{caller.f_lineno}"
 
         def add(make):
             where = called_at if source is not None else _where(make)
