@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import llvmlite.binding as llvm
 
 from ubique.codegen.backend import Backend, GeneratedCode, KernelModule, register_backend
+from ubique.codegen.llvm_workarounds import split_single_lane_masked_stores
 from ubique.errors import UnsupportedOpError
 from ubique.targets.target import Target
 
@@ -53,7 +54,12 @@ def compile_llvm_ir(text: str, target: Target, link: list[str] = ()) -> MachineC
     pto = llvm.create_pipeline_tuning_options(speed_level=3)
     pb = llvm.create_pass_builder(tm, pto)
     pb.getModulePassManager().run(mod, pb)
-    return MachineCode(llvm_ir=str(mod), obj=tm.emit_object(mod))
+    text = str(mod)
+    safe = split_single_lane_masked_stores(text)
+    if safe is not text:  # (an LLVM bug's trigger was rewritten: codegen/llvm_workarounds.py)
+        mod = llvm.parse_assembly(safe)
+        mod.verify()
+    return MachineCode(llvm_ir=safe, obj=tm.emit_object(mod))
 
 
 def emit_assembly(optimised_ir: str, target: Target) -> str:

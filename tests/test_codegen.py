@@ -136,3 +136,44 @@ def test_kernels_and_entry_are_defined():
     assert any(name.endswith("_run") for name in defined)
     for name in kernels:
         assert re.search(rf"^\"?{re.escape(name)}\"?:", low.asm, re.M), name
+
+
+_ONE_LANE_STORES = """
+define void @f(ptr %x, ptr %out, <4 x i1> %m) {
+  %v = load <4 x i64>, ptr %x, align 8
+  %t = trunc <4 x i64> %v to <4 x i8>
+  %o3 = getelementptr i8, ptr %out, i64 3
+  call void @llvm.masked.store.v4i8.p0(<4 x i8> %t, ptr align 1 %out, <4 x i1> <i1 true, i1 false, i1 false, i1 false>)
+  tail call void @llvm.masked.store.v4i8.p0(<4 x i8> %t, ptr align 1 %o3, <4 x i1> <i1 false, i1 false, i1 false, i1 true>), !noalias !0
+  call void @llvm.masked.store.v4i8.p0(<4 x i8> %t, ptr align 1 %out, <4 x i1> <i1 true, i1 true, i1 false, i1 false>)
+  call void @llvm.masked.store.v4i8.p0(<4 x i8> %t, ptr align 1 %out, <4 x i1> %m)
+  ret void
+}
+declare void @llvm.masked.store.v4i8.p0(<4 x i8>, ptr, <4 x i1>)
+!0 = !{!1}
+!1 = distinct !{!1, !2}
+!2 = distinct !{!2}
+"""
+
+
+def test_one_lane_masked_stores_become_plain_stores():
+    """codegen/llvm_workarounds.py: masked stores with one constant lane are spelled as an
+    extract and a store of that lane; others stay; on AVX-512 the result stores single bytes."""
+    import llvmlite.binding as llvm
+
+    from ubique.codegen.cpu import init_llvm
+    from ubique.codegen.llvm_workarounds import split_single_lane_masked_stores
+
+    fixed = split_single_lane_masked_stores(_ONE_LANE_STORES)
+    assert fixed.count("@llvm.masked.store.v4i8.p0(") == 3  # the declaration and the two stores kept
+    assert "extractelement <4 x i8> %t, i64 0" in fixed and "extractelement <4 x i8> %t, i64 3" in fixed
+    assert "getelementptr i8, ptr %o3, i64 3" in fixed
+    assert split_single_lane_masked_stores("define void @g() {\n  ret void\n}\n") == "define void @g() {\n  ret void\n}\n"
+    init_llvm()
+    tm = llvm.Target.from_triple("x86_64-unknown-linux-gnu").create_target_machine(
+        cpu="x86-64", features="+avx512f,+avx512bw,+avx512vl", opt=3)
+    mod = llvm.parse_assembly(fixed)
+    mod.verify()
+    asm = tm.emit_assembly(mod)
+    wide_scalar_stores = re.findall(r"mov[lq]\s+%\w+, \d*\(%rsi\)", asm)
+    assert not wide_scalar_stores, asm

@@ -513,3 +513,20 @@ def test_verifier_rejects_non_reduction_assign_in_vectorized_loop():
     good = L.Kernel("k", k.params, [], _reduction_kernel().body)
     from ubique.compiler import schedule as S
     verify_kernel(L.Kernel("k", k.params, [], S.vectorize(good.body, "r0", 32)))
+
+
+@pytest.mark.parametrize("src, dst, n", [(I64, DType.uint8, 37), (I64, I32, 29), (I32, DType.int8, 61), (F64, F32, 13)])
+def test_guarded_narrowing_store_stays_in_bounds(src, dst, n, tmp_path):
+    """A guarded loop with a known trip count, as the GPU emulator runs (for t in 0..64: if
+    t < n: out[t] = dst(x[t])): LLVM vectorises it with masked stores; with AVX-512 the last,
+    one-lane store must write one element, not a whole source element (an LLVM 22 bug that
+    codegen/llvm_workarounds.py steers around). Bytes after the output must stay as they were."""
+    x, out = L.Buffer("x", src, [64]), L.Buffer("out", dst, [n])
+    t = L.Var("t")
+    body = L.For(t, 64, L.If(L.compare("lt", t, n), L.Store(out, [t], L.cast(dst, x[t]))))
+    kernel = L.Kernel(f"narrow_{src.short}_{dst.short}", [x, out], [], body)
+    xs = (np.arange(64) * 7 - 100).astype(src.to_numpy())
+    canary = np.full(n * dst.itemsize + 64, 0xAB, np.uint8)  # the output, then 64 bytes that must not change
+    run_kernel(kernel, [xs, canary[:n * dst.itemsize].view(dst.to_numpy())], tmp_path)
+    np.testing.assert_array_equal(canary[:n * dst.itemsize].view(dst.to_numpy()), xs[:n].astype(dst.to_numpy()))
+    assert (canary[n * dst.itemsize:] == 0xAB).all(), "the kernel wrote past its output"
