@@ -87,11 +87,17 @@ class Step:
 class ExternKernel:
     """A hand-written kernel that replaces the generated one on this target (`ub.op.define
     ... .kernel(...)`): `source` in `language` ("c", "llvm" or "ptx") defines the function
-    `name` with the kernel ABI; `origin` names where it came from, for error messages."""
+    `name` with the kernel ABI; `origin` names where it came from, for error messages.
+    `buffers`: its inputs and output (the ABI's args). A GPU kernel is launched with `grid`
+    blocks of `block` threads (PTX: `.entry name(.param .u64 buffer, ...)`, one device
+    pointer per buffer; its shapes are static)."""
     name: str
     language: str
     source: str
     origin: str
+    buffers: int = 0
+    grid: int = 0
+    block: int = 0
 
 
 @dataclass

@@ -21,6 +21,11 @@ extras["launches"]: one entry per kernel call of the model, in order:
 size name, or [op, a, b] with op in add sub mul floordiv mod max min; the launcher caps it
 at MAX_GRID: the block loop strides over the rest). That table is the model entry: the
 runtime launches it (as one CUDA graph) with device pointers.
+
+Hand-written PTX kernels of custom ops (`ExternKernel`, language "ptx") are PTX modules of
+their own: extras["modules"] lists them ({"kernel", "origin", "ptx"}), and their launches
+carry "module": the 1-based index into that list (0, or no key: the generated module). Their
+grid is the kernel's own (not capped), and they take no size parameters (static shapes).
 """
 from __future__ import annotations
 
@@ -419,7 +424,7 @@ class NVPTXBackend(Backend):
     docstring). Runs on device "cuda" (runtime/cuda.py)."""
 
     name = "nvptx"
-    extern_languages = ()
+    extern_languages = ("ptx",)
 
     def schedule(self, kernel: L.Kernel, hints: ScheduleHints, target: Target) -> L.Kernel:
         return gpu_schedule(kernel, hints.out_rank, target)
@@ -428,21 +433,29 @@ class NVPTXBackend(Backend):
         return 0  # no CPU SIMD layouts (channel blocking, packed matmul operands)
 
     def generate(self, module: KernelModule, target: Target) -> GeneratedCode:
-        if module.externs:
-            raise UnsupportedOpError(f"target {target.name}: hand-written kernels "
-                                     f"({', '.join(e.name for e in module.externs)}) are not supported on GPUs yet")
+        wrong = [e.name for e in module.externs if e.language != "ptx"]
+        if wrong:
+            raise UnsupportedOpError(f"target {target.name}: hand-written kernels {', '.join(wrong)} are not PTX")
         mod = _Module(module.name, target)
         for k in module.kernels:
             mod.add_kernel(k)
+        hand = {e.name: (k + 1, e) for k, e in enumerate(module.externs)}
         launches = []
         for step in module.steps:
+            buffers = [[b.kind, b.index] for b in step.buffers]
+            if step.kernel in hand:
+                index, ext = hand[step.kernel]
+                launches.append({"kernel": ext.name, "buffers": buffers, "grid": ext.grid, "block": ext.block,
+                                 "dims": 0, "module": index})
+                continue
             name, shape = mod.kernels[step.kernel]
             kernel = next(k for k in module.kernels if k.name == step.kernel)
-            launches.append({"kernel": name, "buffers": [[b.kind, b.index] for b in step.buffers],
-                             "grid": _expr_json(shape.grid), "block": shape.block, "dims": len(kernel.dims)})
+            launches.append({"kernel": name, "buffers": buffers, "grid": _expr_json(shape.grid),
+                             "block": shape.block, "dims": len(kernel.dims)})
         _, ptx = compile_ptx(mod.text(), target)
         extras = {"launches": launches, "arch": target.cpu, "ptx_isa": target.features.lstrip("+"),
-                  "num_args": module.num_args, "max_grid": MAX_GRID, "entry": module.entry}
+                  "num_args": module.num_args, "max_grid": MAX_GRID, "entry": module.entry,
+                  "modules": [{"kernel": e.name, "origin": e.origin, "ptx": e.source} for e in module.externs]}
         return GeneratedCode("ptx", ptx, b"", extras)
 
     def assembly(self, code: GeneratedCode, target: Target) -> str:

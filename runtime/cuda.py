@@ -12,7 +12,9 @@ target="cuda")` works on a machine without a GPU (and its PTX can be inspected);
 there raises RuntimeFailure saying what is missing. The first run for given input sizes
 uploads the weights, allocates device buffers for the inputs, outputs and workspace, and
 captures the model's kernel launches into a CUDA graph; every run then copies the inputs
-in, replays the graph (one driver call) and copies the outputs out.
+in, replays the graph (one driver call) and copies the outputs out. Inputs already on the GPU
+(`ub.to_device`, or any `__cuda_array_interface__` object: runtime/cuda_array.py) are copied
+on the device instead, and the outputs then stay there, as DeviceArrays.
 
 `EmulatedCudaDevice` ("cuda-emulator") runs the same GPU-scheduled kernels serially on this
 CPU (compiler/gpu_schedule.serial_form), to check the GPU schedules where there is no GPU.
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ubique.errors import DTypeError, RuntimeFailure
+from ubique.errors import DTypeError, RuntimeFailure, UnsupportedOpError
 from ubique.runtime.devices import Device, register_device
 
 __all__ = ["CudaDevice", "CudaProgram", "Driver", "DeviceInfo", "EmulatedCudaDevice", "driver", "probe_device",
@@ -75,6 +77,9 @@ _API = {
     "cuMemcpyDtoH": [_c.c_void_p, _DPTR, _c.c_size_t],
     "cuMemcpyHtoDAsync": [_DPTR, _c.c_void_p, _c.c_size_t, _P],
     "cuMemcpyDtoHAsync": [_c.c_void_p, _DPTR, _c.c_size_t, _P],
+    "cuMemcpyDtoD": [_DPTR, _DPTR, _c.c_size_t],
+    "cuMemcpyDtoDAsync": [_DPTR, _DPTR, _c.c_size_t, _P],
+    "cuPointerGetAttribute": [_c.c_void_p, _c.c_int, _DPTR],
     "cuMemsetD8": [_DPTR, _c.c_ubyte, _c.c_size_t],
     "cuLaunchKernel": [_P, _c.c_uint, _c.c_uint, _c.c_uint, _c.c_uint, _c.c_uint, _c.c_uint, _c.c_uint, _P,
                        _c.POINTER(_c.c_void_p), _c.POINTER(_c.c_void_p)],
@@ -344,7 +349,9 @@ class _Plan:
 
         dims = [int(env[s]) for s in program.symbols]
         for launch in program.launches:
-            grid = min(evaluate_size(launch["grid"], env), program.max_grid)
+            grid = evaluate_size(launch["grid"], env)
+            if not launch.get("module"):  # (generated kernels' block loops stride past the cap; hand ones choose)
+                grid = min(grid, program.max_grid)
             if grid <= 0:
                 continue
             values = [_DPTR(self._address(k, i)) for k, i in launch["buffers"]]
@@ -406,6 +413,9 @@ class CudaProgram:
                  name: str = "model", device_index: int | None = None):
         extras = code.extras
         self.ptx = code.source
+        # the generated module, then the hand-written kernels' modules (codegen/nvptx.py)
+        self.modules = [(code.source, name)] + [(m["ptx"], f"{m['kernel']} ({m['origin']})")
+                                                for m in extras.get("modules", [])]
         self.launches = list(extras["launches"])
         self.max_grid = int(extras.get("max_grid", 1 << 20))
         self.signature = signature
@@ -419,27 +429,31 @@ class CudaProgram:
         self._in_specs = [(n, tuple(t.shape), _numpy(t.dtype)) for n, t in signature.inputs]
         self._out_specs = [tuple(t.shape) for t in signature.outputs]
         self._out_dtypes = [_numpy(t.dtype) for t in signature.outputs]
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # (check_inputs may set up the program while run holds it)
         self._ctx = None
         self._plans: dict[tuple, _Plan] = {}
         self._finalizer = None
 
     # -- set-up on first use ------------------------------------------------------------------
     def _ensure(self):
-        if self._ctx is not None:
-            return
+        with self._lock:
+            if self._ctx is None:
+                self._set_up()
+
+    def _set_up(self):
         try:
             ctx = _Context.get(self.device_index)
         except RuntimeFailure as e:
             raise RuntimeFailure(f"cannot run {self.name} on a CUDA GPU: {e}") from None
         ctx.make_current()
-        module = ctx.load_module(self.ptx, self.name)
-        functions = {}
+        modules, functions = {}, {}
         for launch in self.launches:
-            name = launch["kernel"]
+            name, index = launch["kernel"], launch.get("module", 0)
+            if index not in modules:
+                modules[index] = ctx.load_module(*self.modules[index])
             if name not in functions:
                 fn = _P()
-                ctx.drv.call("cuModuleGetFunction", _c.byref(fn), module, name.encode(), what=name)
+                ctx.drv.call("cuModuleGetFunction", _c.byref(fn), modules[index], name.encode(), what=name)
                 functions[name] = fn
         stream = _P()
         ctx.drv.call("cuStreamCreate", _c.byref(stream), CU_STREAM_NON_BLOCKING)
@@ -449,15 +463,37 @@ class CudaProgram:
             weight_ptrs.append(p)
             if w.nbytes:
                 ctx.drv.call("cuMemcpyHtoD", _DPTR(p), w.ctypes.data, w.nbytes, what="weights")
-        self._module, self._functions, self._stream, self._weight_ptrs = module, functions, stream, weight_ptrs
+        self._functions, self._stream, self._weight_ptrs = functions, stream, weight_ptrs
         self._ctx = ctx
-        self._finalizer = weakref.finalize(self, _release, ctx, module, stream, weight_ptrs, self._plans)
+        self._finalizer = weakref.finalize(self, _release, ctx, list(modules.values()), stream, weight_ptrs,
+                                           self._plans)
 
     # -- running --------------------------------------------------------------------------------
-    def check_inputs(self, arrays) -> list[np.ndarray]:
+    def check_inputs(self, arrays) -> list:
+        """Checked inputs: numpy arrays, and DeviceInputs for data already on the GPU
+        (runtime/cuda_array.py)."""
+        from ubique.runtime.cuda_array import DeviceArray, device_input
         from ubique.runtime.executable import check_input_arrays
 
-        return check_input_arrays(arrays, self._in_specs, bool(self.symbols))
+        def on_device(a, name):
+            if not isinstance(a, DeviceArray) and not hasattr(a, "__cuda_array_interface__"):
+                return None
+            self._ensure()
+            return device_input(a, name, self._ctx)
+
+        return check_input_arrays(arrays, self._in_specs, bool(self.symbols), on_device)
+
+    def _copy_inputs(self, inputs, plan: _Plan) -> None:
+        """Queues the copies of the inputs into the plan's buffers: from the host, or on the device."""
+        drv, stream = self._ctx.drv, self._stream
+        for a, (ptr, n) in zip(inputs, plan.inputs):
+            if not n:
+                continue
+            if isinstance(a, np.ndarray):
+                drv.call("cuMemcpyHtoDAsync", _DPTR(ptr), a.ctypes.data, n, stream, what="input")
+            else:
+                a.wait(drv)
+                drv.call("cuMemcpyDtoDAsync", _DPTR(ptr), _DPTR(a.ptr), n, stream, what="input on the device")
 
     def _plan(self, inputs) -> _Plan:
         env = {}
@@ -485,11 +521,8 @@ class CudaProgram:
             self._ensure()
             self._ctx.make_current()
             plan = self._plan(inputs)
-            drv = self._ctx.drv
-            for a, (ptr, n) in zip(inputs, plan.inputs):
-                if n:
-                    drv.call("cuMemcpyHtoDAsync", _DPTR(ptr), a.ctypes.data, n, self._stream, what="input")
-            drv.call("cuStreamSynchronize", self._stream)
+            self._copy_inputs(inputs, plan)
+            self._ctx.drv.call("cuStreamSynchronize", self._stream)
             return plan
 
     def launch(self, plan: _Plan, sync: bool = True) -> None:
@@ -521,22 +554,31 @@ class CudaProgram:
                 drv.call("cuEventDestroy", end)
         return ms.value / 1e3 / repeat
 
-    def run(self, *arrays) -> list[np.ndarray]:
-        """Runs the model on numpy inputs; returns new numpy outputs."""
+    def run(self, *arrays) -> list:
+        """Runs the model. Inputs are numpy arrays (copied to the GPU) or arrays already on it
+        (DeviceArray, or any `__cuda_array_interface__` object: copied on the device); the
+        outputs are new numpy arrays, or new DeviceArrays where any input was on the GPU."""
         inputs = self.check_inputs(arrays)
+        keep_on_device = any(not isinstance(a, np.ndarray) for a in inputs)
         with self._lock:
             self._ensure()
             ctx, drv, stream = self._ctx, self._ctx.drv, self._stream
             ctx.make_current()
             plan = self._plan(inputs)
-            for a, (ptr, n) in zip(inputs, plan.inputs):
-                if n:
-                    drv.call("cuMemcpyHtoDAsync", _DPTR(ptr), a.ctypes.data, n, stream, what="input")
+            self._copy_inputs(inputs, plan)
             plan.run(stream)
-            outputs = [np.empty(s, dt) for s, dt in zip(plan.out_shapes, self._out_dtypes)]
-            for o, (ptr, n) in zip(outputs, plan.outputs):
-                if n:
-                    drv.call("cuMemcpyDtoHAsync", o.ctypes.data, _DPTR(ptr), n, stream, what="output")
+            if keep_on_device:
+                from ubique.runtime.cuda_array import DeviceArray
+
+                outputs = [DeviceArray(ctx, s, dt) for s, dt in zip(plan.out_shapes, self._out_dtypes)]
+                for o, (ptr, n) in zip(outputs, plan.outputs):
+                    if n:
+                        drv.call("cuMemcpyDtoDAsync", _DPTR(o.ptr), _DPTR(ptr), n, stream, what="output")
+            else:
+                outputs = [np.empty(s, dt) for s, dt in zip(plan.out_shapes, self._out_dtypes)]
+                for o, (ptr, n) in zip(outputs, plan.outputs):
+                    if n:
+                        drv.call("cuMemcpyDtoHAsync", o.ctypes.data, _DPTR(ptr), n, stream, what="output")
             drv.call("cuStreamSynchronize", stream, what=f"running {self.name}")
             return outputs
 
@@ -547,7 +589,7 @@ class CudaProgram:
             self._finalizer()
 
 
-def _release(ctx: _Context, module, stream, weight_ptrs, plans) -> None:
+def _release(ctx: _Context, modules, stream, weight_ptrs, plans) -> None:
     try:
         ctx.make_current()
         for plan in list(plans.values()):
@@ -556,7 +598,8 @@ def _release(ctx: _Context, module, stream, weight_ptrs, plans) -> None:
         for p in weight_ptrs:
             ctx.free(p)
         ctx.drv.call("cuStreamDestroy", stream)
-        ctx.drv.call("cuModuleUnload", module)
+        for module in modules:
+            ctx.drv.call("cuModuleUnload", module)
     except RuntimeFailure:
         pass
 
@@ -626,13 +669,16 @@ def _read_blob(blob: bytes) -> dict:
 def describe_blob(blob: bytes, full: bool = False) -> str:
     """`ubique inspect`: the embedded PTX (its kernels and launches, or the whole text)."""
     d = _read_blob(blob)
+    hand = d["extras"].get("modules", [])
     if full:
-        return d["ptx"]
+        return d["ptx"] + "".join(f"\n// ---- hand-written kernel {m['kernel']}: {m['origin']}\n{m['ptx']}" for m in hand)
     launches = d["extras"]["launches"]
     head = [line for line in d["ptx"].splitlines()[:12] if line.startswith((".version", ".target"))]
     lines = [f"PTX for {d.get('arch')} ({len(d['ptx'])} characters; {' '.join(head)}), {len(launches)} launches:"]
     for launch in launches:
-        lines.append(f"  {launch['kernel']}: grid {launch['grid']} x {launch['block']} threads")
+        index = launch.get("module", 0)
+        origin = f" (hand-written PTX: {hand[index - 1]['origin']})" if index else ""
+        lines.append(f"  {launch['kernel']}: grid {launch['grid']} x {launch['block']} threads{origin}")
     return "\n".join(lines)
 
 
@@ -666,6 +712,12 @@ def emulate_program(program):
     from ubique.targets.registry import host_target
 
     _check_program(program)
+    hand = program.code.extras.get("modules", [])
+    if hand:
+        raise UnsupportedOpError(
+            f"target {program.target.name!r} runs GPU-scheduled loop IR on this CPU and cannot run hand-written PTX "
+            f"({', '.join(m['origin'] for m in hand)}); register such kernels for the GPU targets by name "
+            "('cuda', 'cuda-sm90', ...), not for the architecture 'nvptx64'")
     kernels = {ptx_name(lk.kernel.name): lk.kernel for lk in program.kernels}
     num_args = program.code.extras["num_args"]
     serial, steps, scratch_arrays = [], [], []

@@ -110,23 +110,28 @@ class Executable:
         return plan
 
 
-def check_input_arrays(arrays, specs, symbolic: bool) -> list[np.ndarray]:
+def check_input_arrays(arrays, specs, symbolic: bool, on_device=None) -> list:
     """Checks model inputs against `specs` [(name, shape, numpy dtype)]: count, dtype, and
     shape unless sizes are `symbolic` (the contract checks those); returns C-contiguous
-    arrays in native byte order. Every runtime device validates its inputs with it."""
+    arrays in native byte order. Every runtime device validates its inputs with it; a device
+    with its own arrays passes `on_device(a, name)`, which returns such an input (with
+    `shape` and `dtype`, checked alike and returned as it is) or None for host data."""
     if len(arrays) != len(specs):
         raise ShapeError(f"expected {len(specs)} input(s) ({', '.join(s[0] for s in specs)}), got {len(arrays)}")
     out = []
     for a, (name, shape, dtype) in zip(arrays, specs):
-        if type(a) is not np.ndarray:
+        kept = on_device(a, name) if on_device is not None else None
+        if kept is not None:
+            a = kept
+        elif type(a) is not np.ndarray:
             a = np.asarray(a)
-        if a.dtype != dtype and not a.dtype.isnative and a.dtype.newbyteorder("=") == dtype:
+        if kept is None and a.dtype != dtype and not a.dtype.isnative and a.dtype.newbyteorder("=") == dtype:
             a = a.astype(dtype)  # same values, native byte order
         if a.dtype != dtype:
             raise DTypeError(f"input {name!r}: expected dtype {dtype}, got {a.dtype}")
         if a.shape != shape and not symbolic:
             raise ShapeError(f"input {name!r}: expected shape {shape}, got {a.shape}")
-        out.append(a if a.flags.c_contiguous else np.ascontiguousarray(a))
+        out.append(a if kept is not None or a.flags.c_contiguous else np.ascontiguousarray(a))
     return out
 
 

@@ -467,12 +467,20 @@ def test_two_uses_of_a_c_kernel_with_a_static_helper():
         op.undefine(name)
 
 
-def test_ptx_hand_kernels_are_refused_clearly():
+def test_a_ptx_kernel_leaves_cpu_targets_on_the_generated_kernel():
+    """PTX kernels are for the GPU backend (tests/test_gpu.py runs them); a CPU target, whose
+    backend takes C and LLVM IR, compiles the op's compute as before."""
     name = fresh()
     swish = swish_def(name)
     try:
-        with pytest.raises(ub.PluginError, match="hand-written PTX kernels are not supported yet"):
-            swish.kernel("cuda", "ptx", source=".entry {name}() { ret; }")
+        swish.kernel("cuda", "ptx", source=".entry {name}() { ret; }")
+        swish.kernel(host_target().arch, "ptx", source="not even PTX")
+        with pytest.raises(ub.PluginError, match="unknown kernel language 'cuda-c'"):
+            swish.kernel("cuda", "cuda-c", source="")
+        x = np.random.rand(40).astype(np.float32) - 0.5
+        (got,), program = run_on(host_target(), lambda a: swish(a), x)
+        assert "declare i32 @ubq_k" not in program.llvm_ir
+        assert_close(got, swish_ref(x))
     finally:
         op.undefine(name)
 

@@ -471,7 +471,8 @@ def test_driver_without_a_gpu(libcuda, fake_driver, monkeypatch):
 
 class _FakeGPU:
     """Runs the launches the stand-in driver receives: each kernel's serial form, compiled for
-    this CPU, called on the "device" pointers (host memory there)."""
+    this CPU, called on the "device" pointers (host memory there). `program`: one Program, or a
+    list of them whose kernels have distinct names."""
 
     def __init__(self, program, lib_path, tmp_path):
         from ubique.codegen.cpu import compile_llvm_ir
@@ -482,7 +483,8 @@ class _FakeGPU:
         host = ub.targets.host_target()
         mod = ModuleEmitter("fake_gpu", host.vector_bits, host.triple)
         self.kernels = {}
-        for lk in program.kernels:
+        for lk in [lk for p in (program if isinstance(program, list) else [program]) for lk in p.kernels]:
+            assert nvptx.ptx_name(lk.kernel.name) not in self.kernels, lk.kernel.name
             serial, scratch = gpu_schedule.serial_form(lk.kernel)
             mod.add_kernel(serial)
             arrays = [np.zeros(int(np.prod([d.value for d in b.shape])) * b.dtype.itemsize + 8, np.uint8)
@@ -498,12 +500,15 @@ class _FakeGPU:
                                      ctypes.POINTER(ctypes.c_void_p))(self._launch)
         self.driver.fake_set_hook(self.hook)
         self.errors = []
+        self.extra = {}  # kernel name -> fn(grid, block, params): runs a launch of hand-written PTX
 
     def _launch(self, name, grid, block, params):
         try:
             name = name.decode()
-            kernel, n, scratch = self.kernels[name]
             self.calls.append((name, grid, block))
+            if name in self.extra:  # a stand-in for a hand-written PTX kernel
+                return self.extra[name](grid, block, params)
+            kernel, n, scratch = self.kernels[name]
             ptrs = [ctypes.cast(params[k], ctypes.POINTER(ctypes.c_uint64))[0] for k in range(n)]
             dims = [ctypes.cast(params[n + k], ctypes.POINTER(ctypes.c_int64))[0] for k in range(len(kernel.dims))]
             args = self.native.make_pointer_array(n + len(scratch))
@@ -584,6 +589,233 @@ def test_model_file_code_round_trip(libcuda, fake_driver, tmp_path):
         cuda.program_from_blob(b"\x7fELF...", entry, [])
 
 
+class _ForeignCudaArray:
+    """What a PyTorch CUDA tensor or a CuPy array shows: __cuda_array_interface__ only."""
+
+    def __init__(self, owner, **changes):
+        self.owner = owner
+        self.__cuda_array_interface__ = {**owner.__cuda_array_interface__, **changes}
+
+
+def test_device_arrays_through_a_stand_in_driver(libcuda, fake_driver, tmp_path):
+    """Inputs already on the GPU are copied on the device, and outputs stay there as DeviceArrays;
+    objects with a __cuda_array_interface__ are inputs too; bad ones get clear errors."""
+    libcuda(fake_driver)
+    g, reference = _symbolic_model()
+    target = ub.targets.get_target("cuda-sm90")
+    xs = rand(9, 48)
+    g2 = trace(lambda y: y * 2.0, reference(xs)[0])
+    fake = _FakeGPU([compile_graph(g, target, dims={"batch": (1, 64)}), compile_graph(g2, target)], fake_driver,
+                    tmp_path)
+    model = ub.compile(g, target=target, dims={"batch": (1, 64)})
+    xd = ub.to_device(xs)
+    assert isinstance(xd, ub.DeviceArray) and xd.shape == (9, 48) and xd.dtype == np.float32 and xd.device == "cuda:0"
+    assert repr(xd) == "<ubique.DeviceArray float32[9, 48] on cuda:0>" and len(xd) == 9
+    np.testing.assert_array_equal(np.asarray(xd), xs)
+    cai = xd.__cuda_array_interface__
+    assert cai["data"] == (xd.ptr, False) and cai["typestr"] == "<f4" and cai["version"] == 3
+
+    model.run([xs])  # (the first run uploads the weights)
+    htod = fake.driver.fake_htod()
+    outs = model.run({"x": xd})
+    assert not fake.errors, fake.errors
+    assert {type(o) for o in outs} == {ub.DeviceArray}
+    assert fake.driver.fake_htod() == htod  # nothing crossed from the host
+    for got, want in zip(outs, reference(xs)):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5)
+    first = outs[0].numpy()
+    model.run([ub.to_device(rand(9, 48))])  # outputs are new arrays, not the plan's buffers
+    np.testing.assert_array_equal(outs[0].numpy(), first)
+
+    # a second model reads the first one's output where it is; host inputs still give numpy outputs
+    double = ub.compile(g2, target=target)
+    twice = double.run(outs[0])[0]
+    assert isinstance(twice, ub.DeviceArray)
+    np.testing.assert_allclose(twice.numpy(), first * 2, rtol=1e-6)
+    assert type(double.run([first])[0]) is np.ndarray
+
+    # another library's CUDA array, written on the legacy default stream (1): waited for, then read
+    waits = fake.driver.fake_default_stream_waits(1)
+    foreign = _ForeignCudaArray(xd, stream=1)
+    np.testing.assert_allclose(model.run([foreign])[0].numpy(), reference(xs)[0], rtol=1e-4, atol=1e-5)
+    assert fake.driver.fake_default_stream_waits(1) == waits + 1
+    with pytest.raises(ub.ShapeError, match="not C-contiguous .*contiguous"):
+        model.run([_ForeignCudaArray(xd, shape=(48, 9), strides=(4, 192))])
+    with pytest.raises(ub.DTypeError, match="input 'x': expected dtype float32, got float64"):
+        model.run([_ForeignCudaArray(xd, typestr="<f8", shape=(9, 24))])
+    with pytest.raises(ub.ShapeError, match="batch"):
+        model.run([ub.to_device(rand(65, 48))])
+    with pytest.raises(ub.ShapeError, match=r"input 'y': expected shape \(9, 40\), got \(3, 3\)"):
+        double.run([ub.to_device(rand(3, 3))])
+    fake.driver.fake_set_ordinal(1)
+    try:
+        with pytest.raises(RuntimeFailure, match="input 'x' is on cuda:1, the model runs on cuda:0"):
+            model.run([foreign])
+    finally:
+        fake.driver.fake_set_ordinal(0)
+    with pytest.raises(RuntimeFailure, match="unknown device 'gpu'"):
+        ub.to_device(xs, "gpu")
+    with pytest.raises(ValueError, match="always copies"):
+        np.asarray(xd, copy=False) if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else xd.__array__(copy=False)
+
+    del outs, got, twice, xd, foreign, model, double
+    import gc
+
+    gc.collect()
+    assert fake.driver.fake_live_allocations() == 0
+
+
+# ---- hand-written PTX kernels of custom ops ------------------------------------------------------
+# out[i] = a * x[i] + b over the output's n elements, one thread each (the default launch shape)
+_AXPB_PTX = """
+.version 7.0
+.target sm_80
+.address_size 64
+
+// a hand-written kernel: {name}
+.visible .entry {name}(
+    .param .u64 x_param,
+    .param .u64 out_param
+)
+{{
+    .reg .pred %p<2>;
+    .reg .b32 %r<6>;
+    .reg .f32 %f<3>;
+    .reg .b64 %rd<6>;
+
+    ld.param.u64 %rd1, [x_param];
+    ld.param.u64 %rd2, [out_param];
+    cvta.to.global.u64 %rd1, %rd1;
+    cvta.to.global.u64 %rd2, %rd2;
+    mov.u32 %r1, %ctaid.x;
+    mov.u32 %r2, %ntid.x;
+    mov.u32 %r3, %tid.x;
+    mad.lo.s32 %r4, %r1, %r2, %r3;
+    setp.ge.s32 %p1, %r4, {n};
+    @%p1 bra DONE;
+    mul.wide.s32 %rd3, %r4, 4;
+    add.s64 %rd4, %rd1, %rd3;
+    ld.global.nc.f32 %f1, [%rd4];
+    fma.rn.f32 %f2, %f1, {a}, {b};
+    add.s64 %rd5, %rd2, %rd3;
+    st.global.f32 [%rd5], %f2;
+DONE:
+    ret;
+}}
+"""
+
+
+def _ptx_float(v: float) -> str:
+    return "0f" + np.float32(v).view(np.uint32).tobytes()[::-1].hex().upper()
+
+
+@pytest.fixture
+def axpb_op():
+    """A custom op (a * x + b, float32) with a hand-written PTX kernel for the cuda targets."""
+    from ubique import op
+
+    name = f"axpb_{os.getpid()}_{time.monotonic_ns()}"
+
+    @op.define(name, attrs={"a": 2.0, "b": 1.0}, dtypes=("f32",))
+    def axpb(x, a, b):
+        return x * a + b
+
+    def ptx(spec):
+        return _AXPB_PTX.format(name=spec.name, n=spec.output.size, a=_ptx_float(spec.attrs["a"]),
+                                b=_ptx_float(spec.attrs["b"]))
+    for target in ("cuda", "cuda-sm80", "cuda-sm90"):
+        axpb.kernel(target, "ptx", block=128)(ptx)
+    yield axpb
+    op.undefine(name)
+
+
+def _ptx_modules(program) -> list[dict]:
+    return program.code.extras["modules"]
+
+
+def test_hand_written_ptx_kernel_is_launched_from_its_own_module(axpb_op, libcuda, fake_driver, tmp_path):
+    """The hand kernel replaces the generated one: its own PTX module, its launch shape (128
+    threads, one per output element), the right buffers; the rest of the model is generated."""
+    x = rand(5, 301)
+    g = trace(lambda x: ub.tanh(axpb_op(x * 3.0, a=0.5, b=-1.0)), x)
+    program = compile_graph(g, ub.targets.get_target("cuda-sm90"))
+    (module,) = _ptx_modules(program)
+    assert module["ptx"].count(".entry") == 1 and axpb_op.name in module["origin"]
+    hand = [launch for launch in program.code.extras["launches"] if launch.get("module")]
+    assert hand == [{"kernel": module["kernel"], "buffers": hand[0]["buffers"], "grid": -(-x.size // 128),
+                     "block": 128, "dims": 0, "module": 1}]
+    assert f".entry {module['kernel']}(" not in program.source  # not generated as well
+    text = cuda.describe_blob(cuda.code_blob(program))
+    assert f"{module['kernel']}: grid 12 x 128 threads (hand-written PTX: " in text
+    assert module["ptx"] in cuda.describe_blob(cuda.code_blob(program), full=True)
+
+    libcuda(fake_driver)
+    fake = _FakeGPU(program, fake_driver, tmp_path)
+
+    def run_axpb(grid, block, params):  # the stand-in for the PTX: reads and writes the launch's pointers
+        x_ptr, out_ptr = (ctypes.cast(params[k], ctypes.POINTER(ctypes.c_uint64))[0] for k in range(2))
+        src = np.ctypeslib.as_array(ctypes.cast(x_ptr, ctypes.POINTER(ctypes.c_float)), (x.size,))
+        dst = np.ctypeslib.as_array(ctypes.cast(out_ptr, ctypes.POINTER(ctypes.c_float)), (x.size,))
+        assert grid * block >= x.size
+        dst[:] = src * np.float32(0.5) - np.float32(1.0)
+    fake.extra[module["kernel"]] = run_axpb
+    got = cuda.CudaDevice().load(program).run(x)[0]
+    assert not fake.errors, fake.errors
+    np.testing.assert_allclose(got, np.tanh((x * 3) * 0.5 - 1), rtol=1e-5, atol=1e-6)
+    assert (module["kernel"], 12, 128) in fake.calls
+
+
+@needs_ptxas
+@pytest.mark.parametrize("arch", ARCHS)
+def test_hand_written_ptx_assembles(axpb_op, arch):
+    x = rand(1000)
+    program = compile_graph(trace(lambda x: axpb_op(x) * x, x), ub.targets.get_target(TARGET_OF[arch]))
+    for text in [program.source] + [m["ptx"] for m in _ptx_modules(program)]:
+        cuda_toolkit.ptxas_check(text, arch, PTXAS)
+
+
+def test_hand_written_ptx_is_checked_against_the_abi(axpb_op):
+    from ubique import op
+
+    x = rand(64)
+    target = ub.targets.get_target("cuda-sm80")
+    name = f"bad_{os.getpid()}_{time.monotonic_ns()}"
+
+    @op.define(name)
+    def bad(x):
+        return x + 1.0
+    try:
+        cases = [
+            (".visible .entry {name}(.param .u64 a, .param .u64 b) { ret; }", "not a whole PTX module"),
+            (".version 7.0\n.target sm_80\n.address_size 64\n.visible .entry other(.param .u64 a) { ret; }",
+             r"defines no `.entry ubq_\w+\(...\)`.*\.param \.u64 in0, \.param \.u64 out"),
+            (".version 7.0\n.target sm_80\n.address_size 64\n.visible .entry {name}(.param .u64 a) { ret; }",
+             r"takes \(\.param \.u64 a\); the kernel ABI on GPUs"),
+            (".version 7.0\n.target sm_80\n.address_size 64\n.visible .entry {name}(.param .u64 a, .param .f32 b)"
+             " { ret; }", r"takes \(\.param \.u64 a, \.param \.f32 b\)"),
+            (".version 7.8\n.target sm_90\n.address_size 64\n.visible .entry {name}(.param .u64 a, .param .u64 b)"
+             " { ret; }", "is for sm_90, newer than target 'cuda-sm80'"),
+        ]
+        for source, message in cases:
+            ub.op.get(name).opdef.kernels.kernels.clear()
+            bad.kernel("cuda-sm80", "ptx", source=source)
+            with pytest.raises(ub.PluginError, match=message) as e:
+                compile_graph(trace(lambda x: bad(x), x), target)
+            assert name in str(e.value) and "hand-written ptx kernel" in str(e.value)
+        with pytest.raises(ub.PluginError, match="block must be 1 to 1024 threads, not 2048"):
+            ub.op.get(name).opdef.kernels.kernels.clear()
+            bad.kernel("cuda-sm80", "ptx", block=2048)(lambda spec: cases[0][0])
+            compile_graph(trace(lambda x: bad(x), x), target)
+        with pytest.raises(ub.PluginError, match="block= and grid= are the launch shape of a 'ptx' kernel"):
+            bad.kernel("x86_64", "c", block=64)
+    finally:
+        op.undefine(name)
+    with pytest.raises(ub.UnsupportedOpError, match="cannot run hand-written PTX"):
+        axpb_op.kernel("nvptx64", "ptx")(lambda spec: _AXPB_PTX.format(name=spec.name, n=spec.output.size,
+                                                                      a=_ptx_float(1), b=_ptx_float(0)))
+        ub.compile(trace(lambda x: axpb_op(x), x), target="cuda-emulated").run([x])
+
+
 # ---- on a GPU -----------------------------------------------------------------------------------
 @needs_gpu
 def test_gpu_device_info():
@@ -618,6 +850,37 @@ def test_gpu_models(models, name):
     t0 = time.perf_counter()
     _assert_model_close(model.run(feeds), reference)  # the replayed graph
     assert time.perf_counter() - t0 < 60
+
+
+@needs_gpu
+def test_gpu_hand_written_ptx_matches_the_generated_kernel(axpb_op):
+    x = rand(3, 1000) - 0.5
+    g = trace(lambda x: axpb_op(x, a=1.5, b=0.25) * x, x)
+    target = ub.targets.get_target("cuda")
+    hand = compile_graph(g, target)
+    generated = compile_graph(g, target, hand_kernels=False)
+    assert _ptx_modules(hand) and not _ptx_modules(generated)
+    got, want = (cuda.CudaDevice().load(p).run(x)[0] for p in (hand, generated))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got, (x * 1.5 + 0.25) * x, rtol=1e-6, atol=1e-7)
+
+
+@needs_gpu
+def test_gpu_device_arrays_stay_on_the_gpu():
+    a, w = rand(64, 200), rand(200, 100)
+    first = ub.compile(trace(lambda a, w: ub.relu(a @ w), a, w), target="cuda")
+    second = ub.compile(trace(lambda h: ub.softmax(h, axis=-1), np.maximum(a @ w, 0)), target="cuda")
+    h = first.run([ub.to_device(a), ub.to_device(w)])[0]
+    assert isinstance(h, ub.DeviceArray)
+    y = second.run(h)[0]
+    want = np.exp(np.maximum(a @ w, 0) - np.maximum(a @ w, 0).max(-1, keepdims=True))
+    np.testing.assert_allclose(y.numpy(), want / want.sum(-1, keepdims=True), rtol=1e-4, atol=1e-6)
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():  # another library's CUDA memory, both ways
+        t = torch.as_tensor(y, device="cuda")
+        np.testing.assert_array_equal(t.cpu().numpy(), y.numpy())
+        back = second.run(torch.as_tensor(np.maximum(a @ w, 0), device="cuda"))[0]
+        np.testing.assert_allclose(back.numpy(), y.numpy(), rtol=1e-6)
 
 
 # The stand-in driver (compiled by the `fake_driver` fixture): device memory is host memory,
@@ -689,7 +952,20 @@ CUresult cuMemAlloc_v2(uint64_t *p, size_t n) {
     return 0;
 }
 CUresult cuMemFree_v2(uint64_t p) { n_allocs--; free((void *)(uintptr_t)p); return 0; }
-CUresult cuMemcpyHtoD_v2(uint64_t d, const void *s, size_t n) { memcpy((void *)(uintptr_t)d, s, n); return 0; }
+static long n_htod, n_dtod, n_stream_waits[3];
+static int ordinal;
+long fake_htod(void) { return n_htod; }
+long fake_dtod(void) { return n_dtod; }
+long fake_default_stream_waits(int s) { return n_stream_waits[s]; }
+void fake_set_ordinal(int o) { ordinal = o; }
+CUresult cuMemcpyHtoD_v2(uint64_t d, const void *s, size_t n) { n_htod++; memcpy((void *)(uintptr_t)d, s, n); return 0; }
+CUresult cuMemcpyDtoD_v2(uint64_t d, uint64_t s, size_t n) { n_dtod++; memcpy((void *)(uintptr_t)d, (const void *)(uintptr_t)s, n); return 0; }
+CUresult cuMemcpyDtoDAsync_v2(uint64_t d, uint64_t s, size_t n, void *st) { (void)st; return cuMemcpyDtoD_v2(d, s, n); }
+CUresult cuPointerGetAttribute(void *v, int attr, uint64_t p) {
+    if (attr != 9 || !p) return 1;
+    *(int *)v = ordinal;
+    return 0;
+}
 CUresult cuMemcpyDtoH_v2(void *d, uint64_t s, size_t n) { memcpy(d, (const void *)(uintptr_t)s, n); return 0; }
 CUresult cuMemcpyHtoDAsync_v2(uint64_t d, const void *s, size_t n, void *st) { (void)st; return cuMemcpyHtoD_v2(d, s, n); }
 CUresult cuMemcpyDtoHAsync_v2(void *d, uint64_t s, size_t n, void *st) { (void)st; return cuMemcpyDtoH_v2(d, s, n); }
@@ -717,7 +993,7 @@ CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned
 }
 CUresult cuStreamCreate(void **s, unsigned flags) { (void)flags; *s = malloc(1); return 0; }
 CUresult cuStreamDestroy_v2(void *s) { free(s); return 0; }
-CUresult cuStreamSynchronize(void *s) { (void)s; return 0; }
+CUresult cuStreamSynchronize(void *s) { if ((uintptr_t)s == 1 || (uintptr_t)s == 2) n_stream_waits[(uintptr_t)s]++; return 0; }
 CUresult cuStreamBeginCapture_v2(void *s, int mode) { (void)s; (void)mode; capturing = calloc(1, sizeof *capturing); return 0; }
 CUresult cuStreamEndCapture(void *s, void **g) { (void)s; *g = capturing; capturing = NULL; return 0; }
 CUresult cuGraphInstantiateWithFlags(void **e, void *g, unsigned long long flags) { (void)flags; *e = g; return 0; }

@@ -13,6 +13,7 @@ from ubique.build import build, cache_info  # noqa: E402
 from ubique.model import Model, compile, import_onnx  # noqa: E402
 from ubique.ubq import load, save  # noqa: E402
 from ubique.runtime.native import set_num_threads  # noqa: E402
+from ubique.runtime.cuda_array import DeviceArray, to_device  # noqa: E402
 from ubique import targets  # noqa: E402
 from ubique import custom_ops as op  # noqa: E402
 from ubique import passes  # noqa: E402

@@ -18,7 +18,8 @@ gives the type/shape rule (default for elementwise: the broadcast shape and the 
 input's dtype, or `dtype=`).
 
 Every target compiles that one definition. A target may also get a hand-written kernel
-(C source or LLVM IR) that replaces the generated one there::
+(C source or LLVM IR for CPU targets, PTX text for the cuda targets) that replaces the
+generated one there::
 
     @my_swish.kernel(target="x86_64", language="c")
     def _(spec):                                # spec: KernelSpec (name, types, attrs)
@@ -30,7 +31,10 @@ Every target compiles that one definition. A target may also get a hand-written 
 
 Hand kernels follow the kernel ABI (runtime/native/ubique_runtime.h): args are the inputs,
 then the output; they are used for static shapes (the generated kernel otherwise) and
-checked against the ABI signature before use. In ONNX models the op is found by its
+checked against the ABI signature before use. A PTX kernel is a whole PTX module whose
+`.entry {name}` takes one `.param .u64` device pointer per input and one for the output,
+launched with `grid` blocks of `block` threads (`.kernel(..., block=, grid=)`: ints or
+functions of the KernelSpec; default 256 threads, one per output element). In ONNX models the op is found by its
 `onnx` domain and type; in .ubq files it is stored by name, so the module defining it must
 be imported before `ub.load`.
 """
@@ -100,14 +104,28 @@ class KernelSpec:
 
 @dataclass
 class _HandKernel:
-    target: str            # a target name or architecture ("x86_64", "aarch64", "c", ...)
-    language: str          # "c" or "llvm"
+    target: str            # a target name or architecture ("x86_64", "aarch64", "c", "cuda", ...)
+    language: str          # "c", "llvm" or "ptx"
     make: Callable         # KernelSpec -> source text
     origin: str
     text: str | None = None  # the source given as text (`source=`), if it was
+    block: object = None   # PTX: threads per block, an int or KernelSpec -> int
+    grid: object = None    # PTX: blocks, an int or KernelSpec -> int (default: one thread per output element)
 
     def fingerprint(self) -> str:
-        return f"{self.target}:{self.language}:{self.text if self.text is not None else code_fingerprint(self.make)}"
+        launch = "".join(f":{code_fingerprint(v) if callable(v) else v}" for v in (self.block, self.grid))
+        return (f"{self.target}:{self.language}:{self.text if self.text is not None else code_fingerprint(self.make)}"
+                + launch)
+
+    def launch_shape(self, spec: "KernelSpec") -> tuple[int, int]:
+        """(grid, block) of a PTX kernel for `spec` (see CustomOp.kernel)."""
+        block = self.block(spec) if callable(self.block) else self.block or 256
+        if not isinstance(block, int) or not 0 < block <= 1024:
+            raise PluginError(f"{self.origin}: block must be 1 to 1024 threads, not {block!r}")
+        grid = self.grid(spec) if callable(self.grid) else self.grid or -(-max(spec.output.size, 1) // block)
+        if not isinstance(grid, int) or not 0 < grid < 2 ** 31:
+            raise PluginError(f"{self.origin}: grid must be 1 to 2**31-1 blocks, not {grid!r}")
+        return grid, block
 
 
 class HandKernels:
@@ -138,7 +156,8 @@ class HandKernels:
             if not isinstance(source, str):
                 raise PluginError(f"{chosen.origin}: the kernel generator returned {type(source).__name__}, not "
                                   "source text")
-            return ExternKernel(name, chosen.language, source, chosen.origin)
+            grid, block = chosen.launch_shape(spec) if chosen.language == "ptx" else (0, 0)
+            return ExternKernel(name, chosen.language, source, chosen.origin, len(types), grid, block)
         return make
 
     def fingerprint(self) -> str:
@@ -160,16 +179,19 @@ class CustomOp:
 
         return apply(self.name, args, **attrs)
 
-    def kernel(self, target: str, language: str = "c", source: str | None = None):
+    def kernel(self, target: str, language: str = "c", source: str | None = None, *, block=None, grid=None):
         """Adds a hand-written kernel for `target` (a target name or architecture). Give
         `source` (text with `{name}` where the function name goes), or decorate a function
-        `spec -> source text` (see KernelSpec)."""
-        if language == "ptx":
-            raise PluginError(f"op {self.name}: hand-written PTX kernels are not supported yet: the nvptx backend "
-                              "would need their launch shape; give the op's compute (it compiles for the GPU) or a "
-                              "'c'/'llvm' kernel for CPU targets")
-        if language not in ("c", "llvm"):
-            raise PluginError(f"op {self.name}: unknown kernel language {language!r} (use 'c' or 'llvm')")
+        `spec -> source text` (see KernelSpec).
+
+        A PTX kernel (`language="ptx"`, GPU targets: "cuda", "cuda-sm90", ... or "nvptx64"
+        for all) is launched with `grid` blocks of `block` threads: ints, or functions of the
+        KernelSpec; by default 256 threads and one thread per output element."""
+        if language not in ("c", "llvm", "ptx"):
+            raise PluginError(f"op {self.name}: unknown kernel language {language!r} (use 'c', 'llvm' or 'ptx')")
+        if language != "ptx" and (block is not None or grid is not None):
+            raise PluginError(f"op {self.name}: block= and grid= are the launch shape of a 'ptx' kernel; a "
+                              f"{language!r} kernel has none")
 
         caller = inspect.currentframe().f_back
         called_at = f"{caller.f_code.co_filename}:{caller.f_lineno}"
@@ -177,7 +199,7 @@ class CustomOp:
         def add(make):
             where = called_at if source is not None else _where(make)
             origin = f"hand-written {language} kernel of op {self.name!r} for {target} ({where})"
-            self.opdef.kernels.kernels.append(_HandKernel(target, language, make, origin, source))
+            self.opdef.kernels.kernels.append(_HandKernel(target, language, make, origin, source, block, grid))
             note_change()
             return make
         if source is not None:

@@ -42,7 +42,9 @@ class Model:
         return c.describe() if c is not None else "all dimensions static"
 
     def run(self, inputs) -> list[np.ndarray]:
-        """Runs on a dict {input name: array} or a list of arrays in input order."""
+        """Runs on a dict {input name: array} or a list of arrays in input order. On a GPU
+        target, inputs may be arrays already on the GPU (`ub.to_device`, CUDA tensors of
+        other libraries); the outputs then stay there too (runtime/cuda_array.py)."""
         if isinstance(inputs, dict):
             names = [s.name for s in self.inputs]
             unknown = sorted(set(inputs) - set(names))
@@ -53,8 +55,8 @@ class Model:
                                  + ("; " if missing and unknown else "")
                                  + (f"unknown {unknown}" if unknown else ""))
             arrays = [inputs[n] for n in names]
-        elif isinstance(inputs, np.ndarray):
-            arrays = [inputs]
+        elif isinstance(inputs, np.ndarray) or hasattr(inputs, "__cuda_array_interface__"):
+            arrays = [inputs]  # one array (on the host or a GPU)
         else:
             arrays = list(inputs)
         return self._ex.run(*arrays)
