@@ -4,9 +4,9 @@ A kernel given as C source must define `int32_t NAME(void *const *args, const in
 ubq_ctx *ctx)`; one given as LLVM IR must define `i32 @NAME(ptr, ptr, ptr)`. The checks run
 the target's own tools (its C compiler, LLVM's parser), so an error names the kernel's
 origin and quotes what the tool said, instead of a crash at run time. A PTX kernel (GPU
-targets) must be a whole PTX module (`.version`, `.target`) with `.visible .entry NAME(...)`
-taking one 64-bit device pointer per buffer (the inputs, then the output), for an
-architecture the target's GPUs have; the driver compiles it when the model is loaded.
+targets) must be a whole PTX module (`.version`, `.target`) with `.entry NAME(...)` taking
+one 64-bit device pointer per buffer (the inputs, then the output), for an architecture the
+target's GPUs have; the driver compiles it when the model is loaded.
 """
 from __future__ import annotations
 
@@ -76,7 +76,9 @@ def _check_llvm(ext: ExternKernel, target: Target) -> None:
                           f"{ABI_SIGNATURE.replace('NAME', ext.name)}")
 
 
-_PTX_POINTER_PARAM = re.compile(r"^\.param\s+\.[usb]64\s+(\.ptr(\.\w+)*(\.align\s+\d+)?\s+)?[A-Za-z_$%][\w$]*$")
+# `.param .u64 name`, also with the pointer attributes: `.param .u64 .ptr .global .align 16 name`
+_PTX_POINTER_PARAM = re.compile(r"^\.param\s+\.[usb]64(\s+\.ptr(\s*\.(global|const|local|shared))?"
+                                r"(\s*\.align\s+\d+)?)?\s+[A-Za-z_$%][\w$]*$")
 
 
 def _check_ptx(ext: ExternKernel, target: Target) -> None:
@@ -85,16 +87,18 @@ def _check_ptx(ext: ExternKernel, target: Target) -> None:
         [f".param .u64 in{k}" for k in range(ext.buffers - 1)] + [".param .u64 out"]) + ")"
     if not re.search(r"^\s*\.version\s+\d+\.\d+", text, re.M) or not re.search(r"^\s*\.target\s", text, re.M):
         raise PluginError(f"{ext.origin}: the PTX kernel {ext.name!r} is not a whole PTX module: it needs its "
-                          "`.version` and `.target` directives (and `.address_size 64`)")
+                          "`.version` and `.target` directives")
     entry = re.search(rf"\.entry\s+{re.escape(ext.name)}\s*\(([^)]*)\)", text)
     if entry is None:
         raise PluginError(f"{ext.origin}: the PTX defines no `.entry {ext.name}(...)`; {signature}")
     params = [p.strip() for p in entry.group(1).split(",") if p.strip()]
     if len(params) != ext.buffers or not all(_PTX_POINTER_PARAM.match(p) for p in params):
         raise PluginError(f"{ext.origin}: `.entry {ext.name}` takes ({', '.join(params)}); {signature}")
-    wanted = re.search(r"^\s*\.target\s+sm_(\d+)", text, re.M)
+    wanted = re.search(r"^\s*\.target\s+sm_(\d+)([af]?)\b", text, re.M)
     have = re.fullmatch(r"sm_(\d+)", target.cpu)
-    if wanted and have and int(wanted.group(1)) > int(have.group(1)):
-        raise PluginError(f"{ext.origin}: the PTX kernel {ext.name!r} is for sm_{wanted.group(1)}, newer than target "
-                          f"{target.name!r} ({target.cpu}); write it for {target.cpu} or register it for a newer "
-                          "target only")
+    if wanted and have:
+        arch, specific = int(wanted.group(1)), wanted.group(2)
+        if arch > int(have.group(1)) or (specific and arch != int(have.group(1))):
+            raise PluginError(f"{ext.origin}: the PTX kernel {ext.name!r} is for sm_{arch}{specific}, which target "
+                              f"{target.name!r} ({target.cpu}) cannot run; write it for {target.cpu} or register it "
+                              "for the targets of that architecture only")

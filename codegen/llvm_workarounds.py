@@ -17,11 +17,15 @@ import re
 
 __all__ = ["split_single_lane_masked_stores"]
 
-# `[tail ]call void @llvm.masked.store.v<N><T>.p0(<N x T> VALUE, ptr [align A ]PTR, <N x i1> <MASK>)[, !md...]`
+# `[tail ]call void @llvm.masked.store.v<N><T>.p0(<N x T> VALUE, ptr [attrs] PTR, <N x i1> <MASK>)[ #k][, !md...]`
+# for element types of whole bytes (an <N x i1> vector is bit-packed in memory: a lane is no
+# addressable element, so such stores are left alone)
 _MASKED_STORE = re.compile(
-    r"^(?P<indent>[ \t]*)(?:tail |notail |musttail )?call void @llvm\.masked\.store\.v(?P<n>\d+)(?P<elem>[if]\d+|half|bfloat|float|double)\.p0\("
-    r"<(?P=n) x (?P<type>[^>]+)> (?P<value>%[-\w.$]+), ptr(?: noundef)?(?: align \d+)? (?P<ptr>%[-\w.$]+), "
-    r"<(?P=n) x i1> <(?P<mask>[^>]*)>\)(?:, !.*)?$",
+    r"^(?P<indent>[ \t]*)(?:tail |notail |musttail )?call void "
+    r"@llvm\.masked\.store\.v(?P<n>\d+)(?:i8|i16|i32|i64|f16|bf16|f32|f64)\.p0\("
+    r"<(?P=n) x (?P<type>i8|i16|i32|i64|half|bfloat|float|double)> (?P<value>%[-\w.$]+), "
+    r"ptr(?: (?:noundef|nonnull|noalias|align \d+))* (?P<ptr>%[-\w.$]+), "
+    r"<(?P=n) x i1> <(?P<mask>[^>]*)>\)(?: #\d+)?(?:, !.*)?$",
     re.M)
 
 

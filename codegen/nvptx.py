@@ -47,7 +47,7 @@ from ubique.ir.dtypes import DType
 from ubique.ir.loop_analysis import int_bounds, reduction_identity, reduction_update
 from ubique.targets.target import Target
 
-__all__ = ["NVPTXBackend", "compile_ptx", "evaluate_size", "MAX_GRID"]
+__all__ = ["NVPTXBackend", "compile_ptx", "evaluate_size", "ptx_listing", "MAX_GRID"]
 
 MAX_GRID = 1 << 20     # blocks launched at most; block loops stride over the rest
 MAX_UNROLL = 64        # the emitter unrolls "unrolled" loops up to this constant extent
@@ -459,7 +459,13 @@ class NVPTXBackend(Backend):
         return GeneratedCode("ptx", ptx, b"", extras)
 
     def assembly(self, code: GeneratedCode, target: Target) -> str:
-        return code.source  # PTX is the GPU's assembly language (the driver compiles it for the device)
+        # PTX is the GPU's assembly language (the driver compiles it for the device)
+        return ptx_listing(code.source, code.extras.get("modules", []))
+
+
+def ptx_listing(ptx: str, modules: list[dict]) -> str:
+    """The generated PTX, then each hand-written kernel's module under a comment naming it."""
+    return ptx + "".join(f"\n// ---- hand-written kernel {m['kernel']}: {m['origin']}\n{m['ptx']}" for m in modules)
 
 
 register_backend(NVPTXBackend, "built-in")

@@ -314,10 +314,13 @@ def _generate(backend: Backend, module: KernelModule, target: Target) -> Generat
 
 def find_hand_kernels(g: Graph, target: Target, backend: Backend) -> dict:
     """Nodes whose op has a hand-written kernel for `target` in a language the backend
-    takes: id(node) -> fn(kernel name) -> ExternKernel."""
+    takes, where the target's device runs them: id(node) -> fn(kernel name) -> ExternKernel."""
     from ubique.ir.registry import get_op
+    from ubique.runtime.devices import get_device
 
     out = {}
+    if target.device != "cpu" and not get_device(target.device, target).runs_hand_kernels:
+        return out
     for n in g.nodes:
         kernels = getattr(get_op(n.op), "kernels", None)
         if kernels and len(n.outputs) == 1:

@@ -5,8 +5,8 @@ given device arrays copies them on the device (no trip through the host) and ret
 outputs as new DeviceArrays; `DeviceArray.numpy()` (or `np.asarray`) copies back. Any
 object with a `__cuda_array_interface__` (a PyTorch CUDA tensor, a CuPy array) is taken as
 an input the same way, and DeviceArrays expose the interface, so `torch.as_tensor(y,
-device="cuda")` reads a model's output in place. The interface is version 3: C-contiguous
-data only; a producer's `stream` is waited for before the data is read.
+device="cuda")` reads a model's output in place. C-contiguous data only; a producer's
+`stream` (version 3 of the interface) is waited for before the data is read.
 """
 from __future__ import annotations
 
@@ -42,14 +42,21 @@ class DeviceArray:
     size = property(lambda self: int(np.prod(self.shape, dtype=np.int64)))
     device = property(lambda self: f"cuda:{self._ctx.index}")
 
+    def live_ptr(self) -> int:
+        """`ptr`, checked: a freed array raises RuntimeFailure instead of reading reused memory."""
+        if not self._finalizer.alive:
+            raise RuntimeFailure(f"{self!r} was freed (DeviceArray.free) and cannot be used")
+        return self.ptr
+
     def numpy(self) -> np.ndarray:
         """A host copy."""
         out = np.empty(self.shape, self.dtype)
+        ptr = self.live_ptr()
         if self.nbytes:
             from ubique.runtime.cuda import _DPTR
 
             self._ctx.make_current()
-            self._ctx.drv.call("cuMemcpyDtoH", out.ctypes.data, _DPTR(self.ptr), self.nbytes, what="a device array")
+            self._ctx.drv.call("cuMemcpyDtoH", out.ctypes.data, _DPTR(ptr), self.nbytes, what="a device array")
         return out
 
     def __array__(self, dtype=None, copy=None):
@@ -60,7 +67,7 @@ class DeviceArray:
 
     @property
     def __cuda_array_interface__(self) -> dict:
-        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ptr, False), "strides": None,
+        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.live_ptr(), False), "strides": None,
                 "version": 3, "stream": None}  # (written and synchronised before it is handed out)
 
     def free(self) -> None:
@@ -88,7 +95,10 @@ def to_device(array, device: str = "cuda") -> DeviceArray:
     index = _device_index() if device == "cuda" else _parse_device(device)
     ctx = _Context.get(index)
     ctx.make_current()
-    host = np.ascontiguousarray(array)
+    host = np.asarray(array)
+    if not host.dtype.isnative:
+        host = host.astype(host.dtype.newbyteorder("="))
+    host = np.ascontiguousarray(host).reshape(host.shape)  # (ascontiguousarray makes 0-d arrays 1-d)
     out = DeviceArray(ctx, host.shape, host.dtype)
     if out.nbytes:
         ctx.drv.call("cuMemcpyHtoD", _DPTR(out.ptr), host.ctypes.data, out.nbytes, what="to_device")
@@ -129,7 +139,7 @@ def device_input(obj, name: str, ctx) -> DeviceInput | None:
         if obj._ctx is not ctx:
             raise RuntimeFailure(f"input {name!r} is on {obj.device}, the model runs on cuda:{ctx.index}; "
                                  f"copy it with ub.to_device(x.numpy(), 'cuda:{ctx.index}')")
-        return DeviceInput(obj.ptr, obj.shape, obj.dtype, None, obj)
+        return DeviceInput(obj.live_ptr(), obj.shape, obj.dtype, None, obj)
     cai = getattr(obj, "__cuda_array_interface__", None)
     if cai is None:
         return None
@@ -142,7 +152,8 @@ def device_input(obj, name: str, ctx) -> DeviceInput | None:
     if cai.get("mask") is not None:
         raise ShapeError(f"input {name!r}: masked device arrays are not supported; pass the data alone")
     strides = cai.get("strides")
-    if strides is not None and tuple(strides) != _c_strides(shape, dtype.itemsize) and 0 not in shape:
+    if strides is not None and 0 not in shape and any(  # (the stride of a size-1 axis does not matter)
+            s != c and d != 1 for s, c, d in zip(strides, _c_strides(shape, dtype.itemsize), shape)):
         raise ShapeError(f"input {name!r}: the device array is not C-contiguous (strides {tuple(strides)}); make a "
                          "contiguous copy first (torch: .contiguous(), cupy: cupy.ascontiguousarray)")
     ptr = int(cai["data"][0] or 0)
@@ -153,7 +164,10 @@ def device_input(obj, name: str, ctx) -> DeviceInput | None:
         if ordinal.value != ctx.index:
             raise RuntimeFailure(f"input {name!r} is on cuda:{ordinal.value}, the model runs on cuda:{ctx.index}")
     stream = cai.get("stream") if cai.get("version", 0) >= 3 else None
-    return DeviceInput(ptr, shape, dtype, stream if stream else None, obj)
+    if stream == 0:
+        raise RuntimeFailure(f"input {name!r}: its __cuda_array_interface__ gives stream 0, which version 3 of the "
+                             "interface disallows (1: the legacy default stream, 2: per-thread, else a handle)")
+    return DeviceInput(ptr, shape, dtype, stream, obj)
 
 
 def _c_strides(shape: tuple, itemsize: int) -> tuple:

@@ -18,6 +18,9 @@ from ubique.targets import plugins
 
 class Device(abc.ABC):
     name: str = ""
+    #: whether it runs the hand-written kernels of custom ops the target's backend includes
+    #: (a device that emulates another runs the generated kernels instead)
+    runs_hand_kernels: bool = True
 
     @abc.abstractmethod
     def load(self, program):

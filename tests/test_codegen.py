@@ -147,9 +147,14 @@ define void @f(ptr %x, ptr %out, <4 x i1> %m) {
   tail call void @llvm.masked.store.v4i8.p0(<4 x i8> %t, ptr align 1 %o3, <4 x i1> <i1 false, i1 false, i1 false, i1 true>), !noalias !0
   call void @llvm.masked.store.v4i8.p0(<4 x i8> %t, ptr align 1 %out, <4 x i1> <i1 true, i1 true, i1 false, i1 false>)
   call void @llvm.masked.store.v4i8.p0(<4 x i8> %t, ptr align 1 %out, <4 x i1> %m)
+  %f = sitofp <4 x i64> %v to <4 x float>
+  call void @llvm.masked.store.v4f32.p0(<4 x float> %f, ptr nonnull align 4 %out, <4 x i1> <i1 false, i1 true, i1 false, i1 false>)
+  call void @llvm.masked.store.v4i1.p0(<4 x i1> %m, ptr align 1 %out, <4 x i1> <i1 true, i1 false, i1 false, i1 false>)
   ret void
 }
 declare void @llvm.masked.store.v4i8.p0(<4 x i8>, ptr, <4 x i1>)
+declare void @llvm.masked.store.v4f32.p0(<4 x float>, ptr, <4 x i1>)
+declare void @llvm.masked.store.v4i1.p0(<4 x i1>, ptr, <4 x i1>)
 !0 = !{!1}
 !1 = distinct !{!1, !2}
 !2 = distinct !{!2}
@@ -168,6 +173,8 @@ def test_one_lane_masked_stores_become_plain_stores():
     assert fixed.count("@llvm.masked.store.v4i8.p0(") == 3  # the declaration and the two stores kept
     assert "extractelement <4 x i8> %t, i64 0" in fixed and "extractelement <4 x i8> %t, i64 3" in fixed
     assert "getelementptr i8, ptr %o3, i64 3" in fixed
+    assert "extractelement <4 x float> %f, i64 1" in fixed and "getelementptr float, ptr %out, i64 1" in fixed
+    assert fixed.count("@llvm.masked.store.v4i1.p0(") == 2  # bit-packed lanes: left as they are
     assert split_single_lane_masked_stores("define void @g() {\n  ret void\n}\n") == "define void @g() {\n  ret void\n}\n"
     init_llvm()
     tm = llvm.Target.from_triple("x86_64-unknown-linux-gnu").create_target_machine(

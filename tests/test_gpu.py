@@ -655,10 +655,23 @@ def test_device_arrays_through_a_stand_in_driver(libcuda, fake_driver, tmp_path)
         fake.driver.fake_set_ordinal(0)
     with pytest.raises(RuntimeFailure, match="unknown device 'gpu'"):
         ub.to_device(xs, "gpu")
+    assert ub.to_device(np.float32(3)).shape == () and ub.to_device(np.float32(3)).numpy() == 3
+    swapped = ub.to_device(xs.astype(">f4"))
+    assert swapped.dtype == np.float32 and (swapped.numpy() == xs).all()
+    one = ub.to_device(xs[:1])  # a size-1 axis may have any stride
+    np.testing.assert_allclose(model.run([_ForeignCudaArray(one, strides=(12345, 4))])[1].numpy(), reference(xs[:1])[1],
+                               rtol=1e-4)
+    with pytest.raises(RuntimeFailure, match="stream 0, which version 3 of the interface disallows"):
+        model.run([_ForeignCudaArray(xd, stream=0)])
+    gone = ub.to_device(xs)
+    gone.free()
+    for use in (gone.numpy, lambda: model.run([gone]), lambda: gone.__cuda_array_interface__):
+        with pytest.raises(RuntimeFailure, match=r"float32\[9, 48\] on cuda:0> was freed"):
+            use()
     with pytest.raises(ValueError, match="always copies"):
         np.asarray(xd, copy=False) if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else xd.__array__(copy=False)
 
-    del outs, got, twice, xd, foreign, model, double
+    del outs, got, twice, xd, foreign, model, double, swapped, one, gone
     import gc
 
     gc.collect()
@@ -748,6 +761,8 @@ def test_hand_written_ptx_kernel_is_launched_from_its_own_module(axpb_op, libcud
     text = cuda.describe_blob(cuda.code_blob(program))
     assert f"{module['kernel']}: grid 12 x 128 threads (hand-written PTX: " in text
     assert module["ptx"] in cuda.describe_blob(cuda.code_blob(program), full=True)
+    asm = ub.jit(lambda x: ub.tanh(axpb_op(x * 3.0, a=0.5, b=-1.0)), target="cuda-sm90").lower(x).asm
+    assert f".entry {module['kernel']}(" in asm and "hand-written kernel" in asm
 
     libcuda(fake_driver)
     fake = _FakeGPU(program, fake_driver, tmp_path)
@@ -763,6 +778,22 @@ def test_hand_written_ptx_kernel_is_launched_from_its_own_module(axpb_op, libcud
     assert not fake.errors, fake.errors
     np.testing.assert_allclose(got, np.tanh((x * 3) * 0.5 - 1), rtol=1e-5, atol=1e-6)
     assert (module["kernel"], 12, 128) in fake.calls
+
+
+def test_a_module_the_driver_rejects_leaves_nothing_behind(axpb_op, libcuda, fake_driver):
+    """The driver's error names the hand-written kernel; what the set-up made is released, and
+    the next try fails the same way."""
+    x = rand(40)
+    axpb_op.kernel("cuda-sm80", "ptx")(lambda spec: "// FAKE_REJECT\n" + _AXPB_PTX.format(
+        name=spec.name, n=spec.output.size, a=_ptx_float(1), b=_ptx_float(0)))
+    libcuda(fake_driver)
+    drv = ctypes.CDLL(os.fspath(fake_driver))
+    runnable = cuda.CudaDevice().load(compile_graph(trace(lambda x: axpb_op(ub.exp(x)), x),
+                                                    ub.targets.get_target("cuda-sm80")))
+    for _ in range(2):
+        with pytest.raises(RuntimeFailure, match=f"rejected the PTX of ubq_k1_{axpb_op.name} .hand-written ptx"):
+            runnable.run(x)
+        assert drv.fake_live_modules() == 0 and drv.fake_live_allocations() == 0
 
 
 @needs_ptxas
@@ -794,7 +825,7 @@ def test_hand_written_ptx_is_checked_against_the_abi(axpb_op):
             (".version 7.0\n.target sm_80\n.address_size 64\n.visible .entry {name}(.param .u64 a, .param .f32 b)"
              " { ret; }", r"takes \(\.param \.u64 a, \.param \.f32 b\)"),
             (".version 7.8\n.target sm_90\n.address_size 64\n.visible .entry {name}(.param .u64 a, .param .u64 b)"
-             " { ret; }", "is for sm_90, newer than target 'cuda-sm80'"),
+             " { ret; }", "is for sm_90, which target 'cuda-sm80' .sm_80. cannot run"),
         ]
         for source, message in cases:
             ub.op.get(name).opdef.kernels.kernels.clear()
@@ -806,14 +837,32 @@ def test_hand_written_ptx_is_checked_against_the_abi(axpb_op):
             ub.op.get(name).opdef.kernels.kernels.clear()
             bad.kernel("cuda-sm80", "ptx", block=2048)(lambda spec: cases[0][0])
             compile_graph(trace(lambda x: bad(x), x), target)
+        with pytest.raises(ub.PluginError, match="block must be 1 to 1024 threads, not 0"):
+            ub.op.get(name).opdef.kernels.kernels.clear()
+            bad.kernel("cuda-sm80", "ptx", block=0)(lambda spec: cases[0][0])
+            compile_graph(trace(lambda x: bad(x), x), target)
         with pytest.raises(ub.PluginError, match="block= and grid= are the launch shape of a 'ptx' kernel"):
             bad.kernel("x86_64", "c", block=64)
+        ub.op.get(name).opdef.kernels.kernels.clear()  # the pointer attributes PTX allows; numpy sizes
+        bad.kernel("cuda-sm80", "ptx", block=np.int64(32), grid=lambda spec: np.int32(2))(
+            lambda spec: ".version 7.0\n.target sm_80\n.address_size 64\n.visible .entry " + spec.name
+            + "(.param .u64 .ptr .global .align 16 a, .param .u64 .ptr.global.align 4 b) { ret; }")
+        launch = compile_graph(trace(lambda x: bad(x), x), target).code.extras["launches"][0]
+        assert (launch["grid"], launch["block"]) == (2, 32) and type(launch["block"]) is int
     finally:
         op.undefine(name)
-    with pytest.raises(ub.UnsupportedOpError, match="cannot run hand-written PTX"):
-        axpb_op.kernel("nvptx64", "ptx")(lambda spec: _AXPB_PTX.format(name=spec.name, n=spec.output.size,
-                                                                      a=_ptx_float(1), b=_ptx_float(0)))
-        ub.compile(trace(lambda x: axpb_op(x), x), target="cuda-emulated").run([x])
+
+
+def test_a_ptx_kernel_for_every_cuda_target_leaves_the_emulator_on_the_generated_kernel(axpb_op):
+    """Registered for the architecture ("nvptx64"), a PTX kernel is used by every cuda target
+    whose device runs PTX; cuda-emulated runs loop IR on the CPU and takes the op's compute."""
+    x = rand(3, 77)
+    axpb_op.kernel("nvptx64", "ptx")(lambda spec: _AXPB_PTX.format(name=spec.name, n=spec.output.size,
+                                                                  a=_ptx_float(9), b=_ptx_float(9)))
+    g = trace(lambda x: axpb_op(x, a=3.0, b=-2.0), x)
+    assert _ptx_modules(compile_graph(g, ub.targets.get_target("cuda-sm90")))
+    assert not _ptx_modules(compile_graph(g, ub.targets.get_target("cuda-emulated")))
+    np.testing.assert_allclose(ub.compile(g, target="cuda-emulated").run([x])[0], x * 3 - 2, rtol=1e-6)
 
 
 # ---- on a GPU -----------------------------------------------------------------------------------
@@ -894,7 +943,8 @@ _FAKE_CUDA_C = r"""
 typedef int CUresult;
 typedef void (*hook_fn)(const char *name, unsigned grid, unsigned block, void **params);
 static hook_fn hook;
-static long n_launches, n_graph_launches, n_allocs;
+static long n_launches, n_graph_launches, n_allocs, n_modules;
+long fake_live_modules(void) { return n_modules; }
 void fake_set_hook(hook_fn h) { hook = h; }
 long fake_launches(void) { return n_launches; }
 long fake_graph_launches(void) { return n_graph_launches; }
@@ -927,13 +977,14 @@ typedef struct { char *ptx; } module_t;
 typedef struct { char name[256]; } func_t;
 CUresult cuModuleLoadDataEx(void **m, const char *image, unsigned n, int *opts, void **vals) {
     (void)n; (void)opts; (void)vals;
-    if (!strstr(image, ".version") || !strstr(image, ".entry")) return 218;
+    if (!strstr(image, ".version") || !strstr(image, ".entry") || strstr(image, "FAKE_REJECT")) return 218;
+    n_modules++;
     module_t *mod = malloc(sizeof *mod);
     mod->ptx = strdup(image);
     *m = mod;
     return 0;
 }
-CUresult cuModuleUnload(void *m) { module_t *mod = m; free(mod->ptx); free(mod); return 0; }
+CUresult cuModuleUnload(void *m) { module_t *mod = m; n_modules--; free(mod->ptx); free(mod); return 0; }
 CUresult cuModuleGetFunction(void **f, void *m, const char *name) {
     module_t *mod = m;
     char pat[300];

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import operator
 from dataclasses import dataclass
 from typing import Callable
 
@@ -119,13 +120,24 @@ class _HandKernel:
 
     def launch_shape(self, spec: "KernelSpec") -> tuple[int, int]:
         """(grid, block) of a PTX kernel for `spec` (see CustomOp.kernel)."""
-        block = self.block(spec) if callable(self.block) else self.block or 256
+        block = _launch_size(self.block(spec) if callable(self.block) else self.block, 256)
         if not isinstance(block, int) or not 0 < block <= 1024:
             raise PluginError(f"{self.origin}: block must be 1 to 1024 threads, not {block!r}")
-        grid = self.grid(spec) if callable(self.grid) else self.grid or -(-max(spec.output.size, 1) // block)
+        grid = _launch_size(self.grid(spec) if callable(self.grid) else self.grid, -(-max(spec.output.size, 1) // block))
         if not isinstance(grid, int) or not 0 < grid < 2 ** 31:
             raise PluginError(f"{self.origin}: grid must be 1 to 2**31-1 blocks, not {grid!r}")
         return grid, block
+
+
+def _launch_size(value, default: int):
+    """An int launch size (numpy integers too), `default` for None; anything else comes back as
+    it is, for the range check to name."""
+    if value is None:
+        return default
+    try:
+        return operator.index(value)
+    except TypeError:
+        return value
 
 
 class HandKernels:
