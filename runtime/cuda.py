@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ubique.errors import DTypeError, RuntimeFailure, UnsupportedOpError
+from ubique.errors import DTypeError, RuntimeFailure
+from ubique.runtime.cuda_array import DeviceArray, device_input
 from ubique.runtime.devices import Device, register_device
 
 __all__ = ["CudaDevice", "CudaProgram", "Driver", "DeviceInfo", "EmulatedCudaDevice", "driver", "probe_device",
@@ -77,7 +78,6 @@ _API = {
     "cuMemcpyDtoH": [_c.c_void_p, _DPTR, _c.c_size_t],
     "cuMemcpyHtoDAsync": [_DPTR, _c.c_void_p, _c.c_size_t, _P],
     "cuMemcpyDtoHAsync": [_c.c_void_p, _DPTR, _c.c_size_t, _P],
-    "cuMemcpyDtoD": [_DPTR, _DPTR, _c.c_size_t],
     "cuMemcpyDtoDAsync": [_DPTR, _DPTR, _c.c_size_t, _P],
     "cuPointerGetAttribute": [_c.c_void_p, _c.c_int, _DPTR],
     "cuMemsetD8": [_DPTR, _c.c_ubyte, _c.c_size_t],
@@ -412,7 +412,6 @@ class CudaProgram:
     def __init__(self, code, signature, weights, workspace_size: int, contract=None, dynamic_memory=None,
                  name: str = "model", device_index: int | None = None):
         extras = code.extras
-        self.ptx = code.source
         # the generated module, then the hand-written kernels' modules (codegen/nvptx.py)
         self.modules = [(code.source, name)] + [(m["ptx"], f"{m['kernel']} ({m['origin']})")
                                                 for m in extras.get("modules", [])]
@@ -473,7 +472,6 @@ class CudaProgram:
     def check_inputs(self, arrays) -> list:
         """Checked inputs: numpy arrays, and DeviceInputs for data already on the GPU
         (runtime/cuda_array.py)."""
-        from ubique.runtime.cuda_array import DeviceArray, device_input
         from ubique.runtime.executable import check_input_arrays
 
         def on_device(a, name):
@@ -570,8 +568,6 @@ class CudaProgram:
             self._copy_inputs(inputs, plan)
             plan.run(stream)
             if keep_on_device:
-                from ubique.runtime.cuda_array import DeviceArray
-
                 outputs = [DeviceArray(ctx, s, dt) for s, dt in zip(plan.out_shapes, self._out_dtypes)]
                 for o, (ptr, n) in zip(outputs, plan.outputs):
                     if n:
@@ -718,10 +714,6 @@ def emulate_program(program):
     from ubique.targets.registry import host_target
 
     _check_program(program)
-    hand = program.code.extras.get("modules", [])
-    if hand:  # (the pipeline leaves them out for this device: EmulatedCudaDevice.runs_hand_kernels)
-        raise UnsupportedOpError(f"target {program.target.name!r} runs GPU-scheduled loop IR on this CPU and cannot "
-                                 f"run hand-written PTX ({', '.join(m['origin'] for m in hand)})")
     kernels = {ptx_name(lk.kernel.name): lk.kernel for lk in program.kernels}
     num_args = program.code.extras["num_args"]
     serial, steps, scratch_arrays = [], [], []

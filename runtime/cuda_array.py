@@ -20,8 +20,6 @@ from ubique.errors import DTypeError, RuntimeFailure, ShapeError
 __all__ = ["DeviceArray", "to_device", "device_input"]
 
 CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL = 9
-# the values __cuda_array_interface__ gives for the default streams, and their driver handles
-_DEFAULT_STREAMS = {1: 0x1, 2: 0x2}   # CU_STREAM_LEGACY, CU_STREAM_PER_THREAD
 
 
 class DeviceArray:
@@ -30,12 +28,12 @@ class DeviceArray:
     shape, dtype, nbytes, ndim, size as numpy's; `ptr` is the device address; `device` is
     "cuda:N". `numpy()` copies it to a new host array."""
 
-    def __init__(self, ctx, shape, dtype, ptr: int | None = None):
+    def __init__(self, ctx, shape, dtype):
         self.shape = tuple(int(d) for d in shape)
         self.dtype = np.dtype(dtype)
         self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
         self._ctx = ctx
-        self.ptr = ctx.alloc(self.nbytes) if ptr is None else int(ptr)
+        self.ptr = ctx.alloc(self.nbytes)
         self._finalizer = weakref.finalize(self, ctx.free, self.ptr)
 
     ndim = property(lambda self: len(self.shape))
@@ -120,10 +118,11 @@ class DeviceInput:
         self.keep = keep  # (the object that owns the memory, alive while it is read)
 
     def wait(self, drv) -> None:
-        """Waits for the producer's stream (the interface's `stream`) before the data is read."""
+        """Waits for the producer's stream (the interface's `stream`) before the data is read: a
+        handle, or 1 and 2 for the default streams, which are the driver's handles for them too
+        (CU_STREAM_LEGACY, CU_STREAM_PER_THREAD)."""
         if self.stream is not None:
-            drv.call("cuStreamSynchronize", _c.c_void_p(_DEFAULT_STREAMS.get(self.stream, self.stream)),
-                     what="the input's stream")
+            drv.call("cuStreamSynchronize", _c.c_void_p(self.stream), what="the input's stream")
 
 
 def device_input(obj, name: str, ctx) -> DeviceInput | None:
